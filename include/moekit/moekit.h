@@ -1,0 +1,120 @@
+/*
+ * moekit: CUDA kernels around the grouped GEMMs of a Mixture-of-Experts layer.
+ *
+ * The whole C ABI. C99-compatible; include it from C or C++. Every entry point:
+ *   - returns a moekit_status_t (never throws, never exits);
+ *   - takes raw device pointers, a moekit_dtype_t per tensor, int64_t sizes, scalars,
+ *     and the CUDA stream last (NULL = the legacy default stream);
+ *   - validates every argument on the host before any CUDA call; on failure it launches
+ *     nothing and moekit_last_error() names the op, the argument and the value;
+ *   - never allocates device memory, never synchronizes, never changes the current device.
+ * Tensors are row-major with a contiguous last dimension. Semantics: SPEC.md.
+ */
+#ifndef MOEKIT_MOEKIT_H_
+#define MOEKIT_MOEKIT_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define MOEKIT_VERSION_MAJOR 0
+#define MOEKIT_VERSION_MINOR 1
+#define MOEKIT_VERSION_PATCH 0
+#define MOEKIT_VERSION (MOEKIT_VERSION_MAJOR * 10000 + MOEKIT_VERSION_MINOR * 100 + MOEKIT_VERSION_PATCH)
+/* Bumped on any incompatible change of a signature or an enum value; the SONAME carries it. */
+#define MOEKIT_ABI_VERSION 1
+
+/* Largest num_experts the router ops accept. */
+#define MOEKIT_ROUTER_MAX_EXPERTS 16384
+
+#if defined(_WIN32)
+#define MOEKIT_API __declspec(dllexport)
+#else
+#define MOEKIT_API __attribute__((visibility("default")))
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Same type as cudaStream_t / CUstream, declared here so that the header needs no CUDA headers. */
+typedef struct CUstream_st* moekit_stream_t;
+
+/* Values are explicit and only ever appended. */
+typedef enum moekit_status_t {
+  MOEKIT_SUCCESS = 0,
+  MOEKIT_INVALID_ARGUMENT = 1,
+  MOEKIT_NOT_SUPPORTED = 2,
+  MOEKIT_CUDA_ERROR = 3,
+  MOEKIT_INTERNAL = 4
+} moekit_status_t;
+
+typedef enum moekit_dtype_t {
+  MOEKIT_DTYPE_F32 = 0,
+  MOEKIT_DTYPE_F16 = 1,
+  MOEKIT_DTYPE_BF16 = 2,
+  MOEKIT_DTYPE_I32 = 3,
+  MOEKIT_DTYPE_I64 = 4,
+  MOEKIT_DTYPE_U8 = 5,
+  MOEKIT_DTYPE_F8_E4M3 = 6
+} moekit_dtype_t;
+
+typedef enum moekit_score_function_t {
+  MOEKIT_SCORE_SOFTMAX = 0,
+  MOEKIT_SCORE_SIGMOID = 1,
+  MOEKIT_SCORE_SQRTSOFTPLUS = 2
+} moekit_score_function_t;
+
+/* How the set of selected experts of each row is stored. */
+typedef enum moekit_map_format_t {
+  MOEKIT_MAP_NONE = 0,    /* no routing map */
+  MOEKIT_MAP_BYTEMAP = 1, /* u8 [T, E], 1 = selected, 0 = not */
+  MOEKIT_MAP_BITMAP = 2   /* u8 [T, ceil(E/8)], bit e%8 (LSB first) of byte e/8; padding bits 0 */
+} moekit_map_format_t;
+
+/* ---- library ------------------------------------------------------------------------------ */
+
+MOEKIT_API int moekit_version(void);     /* MOEKIT_VERSION the library was built as */
+MOEKIT_API int moekit_abi_version(void); /* MOEKIT_ABI_VERSION the library was built as */
+MOEKIT_API const char* moekit_status_string(moekit_status_t status);
+/* The calling thread's message for its last failed call ("" if none). Valid until its next call. */
+MOEKIT_API const char* moekit_last_error(void);
+
+/* ---- router (training): top-k with score function. SPEC.md section 1. ----------------------
+ *
+ * Forward. logits [T, E] (f32, f16, bf16). Outputs:
+ *   probs        [T, E], logits dtype: the scaled weight at selected experts, 0 elsewhere;
+ *   routing_map  per map_format (MOEKIT_MAP_NONE: routing_map must be NULL);
+ *   topk_indices [T, K], index_dtype i32 or i64, the selected experts in descending key order
+ *                (ties: lower expert first); NULL for none. A map, indices, or both must be given;
+ *   intermediate [T, E] f32: what the backward needs.
+ * num_groups = group_topk = 0 disables group-limited routing. expert_bias [E] (f32, f16, bf16) or
+ * NULL; only with sigmoid / sqrtsoftplus. use_pre_softmax only with softmax.
+ * E <= MOEKIT_ROUTER_MAX_EXPERTS; T * E < 2^63.
+ */
+MOEKIT_API moekit_status_t moekit_router_topk_forward(
+    const void* logits, moekit_dtype_t logits_dtype, int64_t num_tokens, int64_t num_experts,
+    int64_t topk, moekit_score_function_t score_function, int use_pre_softmax,
+    int64_t num_groups, int64_t group_topk, float scaling_factor,
+    const void* expert_bias, moekit_dtype_t bias_dtype,
+    void* probs, void* routing_map, moekit_map_format_t map_format,
+    void* topk_indices, moekit_dtype_t index_dtype,
+    float* intermediate, moekit_stream_t stream);
+
+/* Backward. grad_probs [T, E] and grad_logits [T, E] in grad_dtype (f32, f16, bf16);
+ * intermediate [T, E] f32 from the forward; the selection as a routing map (map_format BYTEMAP or
+ * BITMAP, topk_indices NULL) or as topk_indices [T, K] (map_format NONE, routing_map NULL).
+ * Every element of grad_logits is written; grad at unselected positions is ignored.
+ */
+MOEKIT_API moekit_status_t moekit_router_topk_backward(
+    const void* grad_probs, moekit_dtype_t grad_dtype, int64_t num_tokens, int64_t num_experts,
+    const float* intermediate,
+    const void* routing_map, moekit_map_format_t map_format,
+    const void* topk_indices, moekit_dtype_t index_dtype,
+    int64_t topk, moekit_score_function_t score_function, int use_pre_softmax,
+    float scaling_factor, void* grad_logits, moekit_stream_t stream);
+
+#ifdef __cplusplus
+} /* extern "C" */
+#endif
+
+#endif /* MOEKIT_MOEKIT_H_ */

@@ -1,0 +1,142 @@
+// Device helpers written once for every op: dtype conversion, the total order on float keys,
+// vector loads/stores of a thread's contiguous chunk, and score functions.
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+namespace moekit {
+
+constexpr unsigned kFullMask = 0xffffffffu;
+
+// ---- dtype conversion (all arithmetic is fp32; stores round to nearest even) -----------------
+template <typename T> __device__ __forceinline__ float to_float(T v);
+template <> __device__ __forceinline__ float to_float<float>(float v) { return v; }
+template <> __device__ __forceinline__ float to_float<__half>(__half v) { return __half2float(v); }
+template <> __device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T> __device__ __forceinline__ T from_float(float v);
+template <> __device__ __forceinline__ float from_float<float>(float v) { return v; }
+template <> __device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+// ---- total order on selection keys ---------------------------------------------------------
+// Maps a float to an unsigned key whose integer order is the SPEC order: NaN below every number,
+// -inf below every finite number, -0.0 == +0.0. Key 0 is reserved for "absent" (padding lanes),
+// so it ranks below NaN and is never chosen while a real element is left.
+constexpr uint32_t kAbsentKey = 0u;
+constexpr uint32_t kNanKey = 1u;
+__device__ __forceinline__ uint32_t order_key(float f) {
+  if (f != f) return kNanKey;
+  uint32_t u = __float_as_uint(f);
+  if (u == 0x80000000u) u = 0u;  // -0.0 ranks as +0.0
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+__device__ __forceinline__ float key_value(uint32_t k) {
+  if (k <= kNanKey) return __uint_as_float(0x7fc00000u);
+  return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
+}
+constexpr uint32_t kNegInfKey = 0x007fffffu;  // order_key(-inf)
+
+// ---- vector access to a thread's chunk of VEC consecutive elements --------------------------
+// A chunk moves in pieces of at most 16 bytes (the widest access on sm_80/sm_90). `vec` says the row
+// layout allows it (length a multiple of VEC, base 16-byte aligned); otherwise, and for a chunk that
+// crosses the end `n`, a bounds-checked scalar path that never touches memory past `n`.
+template <int BYTES> struct VecStorage;
+template <> struct VecStorage<1> { using type = uint8_t; };
+template <> struct VecStorage<2> { using type = uint16_t; };
+template <> struct VecStorage<4> { using type = uint32_t; };
+template <> struct VecStorage<8> { using type = uint2; };
+template <> struct VecStorage<16> { using type = uint4; };
+
+template <typename T, int VEC>
+struct Chunk {
+  static constexpr int kBytes = VEC * (int)sizeof(T);
+  static constexpr int kPiece = kBytes < 16 ? kBytes : 16;  // bytes per access
+  static constexpr int kPer = kPiece / (int)sizeof(T);       // elements per access
+  using Piece = typename VecStorage<kPiece>::type;
+  static_assert(VEC % kPer == 0, "chunk must be whole pieces");
+};
+
+template <typename T, int VEC>
+__device__ __forceinline__ void load_chunk(const T* __restrict__ p, int64_t i, int64_t n, bool vec, float fill,
+                                           float (&out)[VEC]) {
+  using C = Chunk<T, VEC>;
+  if (vec && i + VEC <= n) {
+#pragma unroll
+    for (int k = 0; k < VEC / C::kPer; ++k) {
+      typename C::Piece raw = *reinterpret_cast<const typename C::Piece*>(p + i + k * C::kPer);
+      const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+      for (int v = 0; v < C::kPer; ++v) out[k * C::kPer + v] = to_float(e[v]);
+    }
+  } else {
+#pragma unroll
+    for (int v = 0; v < VEC; ++v) out[v] = (i + v < n) ? to_float(p[i + v]) : fill;
+  }
+}
+
+template <typename T, int VEC>
+__device__ __forceinline__ void store_chunk(T* __restrict__ p, int64_t i, int64_t n, bool vec, const float (&in)[VEC]) {
+  using C = Chunk<T, VEC>;
+  if (vec && i + VEC <= n) {
+#pragma unroll
+    for (int k = 0; k < VEC / C::kPer; ++k) {
+      typename C::Piece raw;
+      T* e = reinterpret_cast<T*>(&raw);
+#pragma unroll
+      for (int v = 0; v < C::kPer; ++v) e[v] = from_float<T>(in[k * C::kPer + v]);
+      *reinterpret_cast<typename C::Piece*>(p + i + k * C::kPer) = raw;
+    }
+  } else {
+#pragma unroll
+    for (int v = 0; v < VEC; ++v)
+      if (i + v < n) p[i + v] = from_float<T>(in[v]);
+  }
+}
+
+template <int VEC>
+__device__ __forceinline__ void store_bytes(uint8_t* __restrict__ p, int64_t i, int64_t n, bool vec, const uint8_t (&in)[VEC]) {
+  using C = Chunk<uint8_t, VEC>;
+  if (vec && i + VEC <= n) {
+#pragma unroll
+    for (int k = 0; k < VEC / C::kPer; ++k) {
+      typename C::Piece raw;
+      uint8_t* e = reinterpret_cast<uint8_t*>(&raw);
+#pragma unroll
+      for (int v = 0; v < C::kPer; ++v) e[v] = in[k * C::kPer + v];
+      *reinterpret_cast<typename C::Piece*>(p + i + k * C::kPer) = raw;
+    }
+  } else {
+#pragma unroll
+    for (int v = 0; v < VEC; ++v)
+      if (i + v < n) p[i + v] = in[v];
+  }
+}
+
+template <int VEC>
+__device__ __forceinline__ void load_bytes(const uint8_t* __restrict__ p, int64_t i, int64_t n, bool vec, uint8_t (&out)[VEC]) {
+  using C = Chunk<uint8_t, VEC>;
+  if (vec && i + VEC <= n) {
+#pragma unroll
+    for (int k = 0; k < VEC / C::kPer; ++k) {
+      typename C::Piece raw = *reinterpret_cast<const typename C::Piece*>(p + i + k * C::kPer);
+      const uint8_t* e = reinterpret_cast<const uint8_t*>(&raw);
+#pragma unroll
+      for (int v = 0; v < C::kPer; ++v) out[k * C::kPer + v] = e[v];
+    }
+  } else {
+#pragma unroll
+    for (int v = 0; v < VEC; ++v) out[v] = (i + v < n) ? p[i + v] : 0;
+  }
+}
+
+// ---- score functions (fp32) ---------------------------------------------------------------
+__device__ __forceinline__ float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
+// softplus(x) = x above 20, where log1p(exp(x)) == x in fp32 anyway and exp would overflow later.
+__device__ __forceinline__ float softplusf(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
+
+}  // namespace moekit

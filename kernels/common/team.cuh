@@ -1,0 +1,144 @@
+// A "team" is the group of threads that owns one row: one warp (rows up to ~1K elements) or one
+// whole block (larger rows). Row kernels are written once against this interface.
+// Every reduction returns the same bits in every thread of the team, in a fixed order, so results
+// are deterministic run to run.
+#pragma once
+
+#include <cstdint>
+
+#include "common/device.cuh"
+
+namespace moekit {
+
+struct ArgBest {
+  uint32_t key;  // ordered key (larger ranks higher)
+  uint32_t idx;  // element index; ties go to the lower one
+};
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kFullMask, v, o);
+  return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(kFullMask, v, o));
+  return v;
+}
+__device__ __forceinline__ ArgBest warp_argbest(ArgBest b) {
+  uint32_t k = __reduce_max_sync(kFullMask, b.key);
+  uint32_t i = __reduce_min_sync(kFullMask, b.key == k ? b.idx : 0xffffffffu);
+  return {k, i};
+}
+// Exclusive prefix sum over lanes; `total` gets the warp's sum.
+__device__ __forceinline__ uint32_t warp_exclusive_scan(uint32_t v, uint32_t& total) {
+  const int lane = threadIdx.x & 31;
+  uint32_t incl = v;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    uint32_t n = __shfl_up_sync(kFullMask, incl, o);
+    if (lane >= o) incl += n;
+  }
+  total = __shfl_sync(kFullMask, incl, 31);
+  return incl - v;
+}
+
+struct WarpTeam {
+  static constexpr bool kIsWarp = true;
+  int rank;
+  __device__ WarpTeam() : rank(threadIdx.x & 31) {}
+  __device__ __forceinline__ int size() const { return 32; }
+  __device__ __forceinline__ void sync() const { __syncwarp(); }
+  __device__ __forceinline__ float sum(float v) const { return warp_sum(v); }
+  __device__ __forceinline__ float max(float v) const { return warp_max(v); }
+  __device__ __forceinline__ uint32_t add(uint32_t v) const { return __reduce_add_sync(kFullMask, v); }
+  __device__ __forceinline__ ArgBest argbest(ArgBest b) const { return warp_argbest(b); }
+  __device__ __forceinline__ uint32_t exclusive_scan(uint32_t v, uint32_t& total) const {
+    return warp_exclusive_scan(v, total);
+  }
+  // Value `v` of the team's first thread, to all.
+  __device__ __forceinline__ uint32_t from_first(uint32_t v) const { return __shfl_sync(kFullMask, v, 0); }
+};
+
+// Whole-block team. `scratch` is 4 * 32 words of shared memory used only by the team's own
+// reductions, double-buffered so that one __syncthreads per reduction is enough: a thread can
+// only reuse a buffer after the next reduction's barrier, which every reader of it has passed.
+struct BlockTeam {
+  static constexpr bool kIsWarp = false;
+  int rank, lane, warp, nwarps;
+  uint32_t* scratch;
+  int phase = 0;
+  __device__ explicit BlockTeam(uint32_t* smem_scratch)
+      : rank(threadIdx.x), lane(threadIdx.x & 31), warp(threadIdx.x >> 5), nwarps(blockDim.x >> 5),
+        scratch(smem_scratch) {}
+  __device__ __forceinline__ int size() const { return blockDim.x; }
+  __device__ __forceinline__ void sync() const { __syncthreads(); }
+  __device__ __forceinline__ uint32_t* next_buffer() {
+    phase ^= 1;
+    return scratch + phase * 64;
+  }
+  __device__ __forceinline__ float sum(float v) {
+    uint32_t* buf = next_buffer();
+    v = warp_sum(v);
+    if (lane == 0) buf[warp] = __float_as_uint(v);
+    __syncthreads();
+    float r = 0.0f;
+    for (int w = 0; w < nwarps; ++w) r += __uint_as_float(buf[w]);
+    return r;
+  }
+  __device__ __forceinline__ float max(float v) {
+    uint32_t* buf = next_buffer();
+    v = warp_max(v);
+    if (lane == 0) buf[warp] = __float_as_uint(v);
+    __syncthreads();
+    float r = -INFINITY;
+    for (int w = 0; w < nwarps; ++w) r = fmaxf(r, __uint_as_float(buf[w]));
+    return r;
+  }
+  __device__ __forceinline__ uint32_t add(uint32_t v) {
+    uint32_t* buf = next_buffer();
+    v = __reduce_add_sync(kFullMask, v);
+    if (lane == 0) buf[warp] = v;
+    __syncthreads();
+    uint32_t r = 0;
+    for (int w = 0; w < nwarps; ++w) r += buf[w];
+    return r;
+  }
+  __device__ __forceinline__ ArgBest argbest(ArgBest b) {
+    uint32_t* buf = next_buffer();
+    b = warp_argbest(b);
+    if (lane == 0) {
+      buf[2 * warp] = b.key;
+      buf[2 * warp + 1] = b.idx;
+    }
+    __syncthreads();
+    ArgBest r{buf[0], buf[1]};
+    for (int w = 1; w < nwarps; ++w) {
+      uint32_t k = buf[2 * w], i = buf[2 * w + 1];
+      if (k > r.key || (k == r.key && i < r.idx)) r = {k, i};
+    }
+    return r;
+  }
+  __device__ __forceinline__ uint32_t exclusive_scan(uint32_t v, uint32_t& total) {
+    uint32_t* buf = next_buffer();
+    uint32_t wtotal;
+    uint32_t ex = warp_exclusive_scan(v, wtotal);
+    if (lane == 0) buf[warp] = wtotal;
+    __syncthreads();
+    uint32_t base = 0, all = 0;
+    for (int w = 0; w < nwarps; ++w) {
+      if (w < warp) base += buf[w];
+      all += buf[w];
+    }
+    total = all;
+    return base + ex;
+  }
+  __device__ __forceinline__ uint32_t from_first(uint32_t v) {
+    uint32_t* buf = next_buffer();
+    if (rank == 0) buf[0] = v;
+    __syncthreads();
+    return buf[0];
+  }
+};
+
+}  // namespace moekit

@@ -1,0 +1,304 @@
+// Router entry points: argument validation, launch-shape choice, dispatch on dtype.
+#include <climits>
+#include <cstdint>
+
+#include "common/api.h"
+#include "router/router_launch.cuh"
+
+namespace moekit {
+namespace router {
+namespace {
+
+// Tuning knobs. Defaults are measured on an H100 (bench/NOTES.md); the environment overrides them.
+// Radix select from this K on (iterative arg-max below it).
+int radix_min_k() {
+  static const int v = env_int("MOEKIT_ROUTER_RADIX_MIN_K", 12);
+  return v;
+}
+// Rows up to this many experts go to one warp each, longer rows to one block each (at most 1024).
+int warp_max_experts() {
+  static const int v = env_int("MOEKIT_ROUTER_WARP_MAX_E", 1024);
+  return v < 32 ? 32 : (v > 1024 ? 1024 : v);
+}
+constexpr int kWarpsPerBlock = 4;
+
+int next_pow2(int x) {
+  int p = 1;
+  while (p < x) p <<= 1;
+  return p;
+}
+
+int vec_for(moekit_dtype_t t, int vpt) {
+  const int per16 = 16 / dtype_size(t);
+  return vpt < per16 ? vpt : per16;
+}
+
+// Forward rows staged through shared memory by cp.async on persistent warps (0 turns it off).
+int pipeline_enabled() {
+  static const int v = env_int("MOEKIT_ROUTER_PIPELINE", 1);
+  return v;
+}
+
+// `smem_words_per_team`: shared memory one team needs besides a block team's scratch.
+// `pipeline_row_bytes` > 0 asks for the pipelined forward kernel (warp teams only).
+LaunchShape choose_shape(int64_t T, int E, int smem_words_per_team, int pipeline_row_bytes, const DeviceInfo& dev) {
+  LaunchShape s{};
+  s.sm_count = dev.sm_count;
+  if (E <= warp_max_experts()) {
+    s.block_team = false;
+    s.vpt = next_pow2((E + 31) / 32);
+    s.threads = 32 * kWarpsPerBlock;
+    s.blocks = (T + kWarpsPerBlock - 1) / kWarpsPerBlock;
+    s.smem_bytes = (size_t)smem_words_per_team * 4 * kWarpsPerBlock;
+    if (pipeline_row_bytes > 0) {
+      const int stage_bytes = (pipeline_row_bytes + 15) / 16 * 16;
+      const int stages = async::choose_stages(stage_bytes, kWarpsPerBlock, /*min_blocks_per_sm=*/4, (int)s.smem_bytes,
+                                              dev.max_smem_per_sm, dev.max_smem_per_block_optin);
+      s.pipelined = true;
+      s.smem_bytes += (size_t)stages * stage_bytes * kWarpsPerBlock;
+    }
+  } else {
+    s.block_team = true;
+    s.vpt = E <= 8192 ? 8 : 16;
+    s.threads = ((E + s.vpt - 1) / s.vpt + 31) / 32 * 32;
+    s.blocks = T;
+    s.smem_bytes = (size_t)(128 + smem_words_per_team) * 4;
+  }
+  return s;
+}
+
+const char* score_name(int s) {
+  switch (s) {
+    case MOEKIT_SCORE_SOFTMAX: return "softmax";
+    case MOEKIT_SCORE_SIGMOID: return "sigmoid";
+    case MOEKIT_SCORE_SQRTSOFTPLUS: return "sqrtsoftplus";
+  }
+  return "?";
+}
+
+// Checks shared by forward and backward. `op` prefixes every message.
+moekit_status_t check_common(const char* op, moekit_dtype_t dtype, const char* dtype_arg, int64_t T, int64_t E,
+                             int64_t K, moekit_score_function_t score, int use_pre_softmax) {
+  MOEKIT_REQUIRE(is_float_dtype(dtype), "%s: %s (%s, value %d) must be float32, float16 or bfloat16", op, dtype_arg,
+                 dtype_name(dtype), (int)dtype);
+  MOEKIT_REQUIRE(T >= 0, "%s: num_tokens (%lld) must be >= 0", op, (long long)T);
+  MOEKIT_REQUIRE(E >= 1, "%s: num_experts (%lld) must be >= 1", op, (long long)E);
+  MOEKIT_REQUIRE(E <= MOEKIT_ROUTER_MAX_EXPERTS, "%s: num_experts (%lld) must be <= %d (MOEKIT_ROUTER_MAX_EXPERTS)", op,
+                 (long long)E, MOEKIT_ROUTER_MAX_EXPERTS);
+  MOEKIT_REQUIRE(K >= 1 && K <= E, "%s: topk (%lld) must be in [1, num_experts (%lld)]", op, (long long)K, (long long)E);
+  MOEKIT_REQUIRE(T <= INT64_MAX / E, "%s: num_tokens * num_experts (%lld * %lld) overflows int64", op, (long long)T,
+                 (long long)E);
+  // One block per row for long rows, one block per 4 rows otherwise: the grid's x limit.
+  MOEKIT_REQUIRE(T <= (int64_t)INT_MAX, "%s: num_tokens (%lld) must be <= %d", op, (long long)T, INT_MAX);
+  MOEKIT_REQUIRE(score == MOEKIT_SCORE_SOFTMAX || score == MOEKIT_SCORE_SIGMOID || score == MOEKIT_SCORE_SQRTSOFTPLUS,
+                 "%s: score_function (%d) must be softmax (0), sigmoid (1) or sqrtsoftplus (2)", op, (int)score);
+  MOEKIT_REQUIRE(!use_pre_softmax || score == MOEKIT_SCORE_SOFTMAX,
+                 "%s: use_pre_softmax (%d) applies only to score_function softmax, got %s", op, use_pre_softmax,
+                 score_name(score));
+  return MOEKIT_SUCCESS;
+}
+
+moekit_status_t check_ptr(const char* op, const char* arg, const void* p, int align) {
+  MOEKIT_REQUIRE(p != nullptr, "%s: %s must not be null", op, arg);
+  MOEKIT_REQUIRE(aligned(p, align), "%s: %s (%p) must be aligned to %d bytes", op, arg, p, align);
+  return MOEKIT_SUCCESS;
+}
+
+moekit_status_t check_selection(const char* op, const void* map, moekit_map_format_t map_format, const void* indices,
+                                moekit_dtype_t index_dtype, bool exactly_one) {
+  MOEKIT_REQUIRE(map_format == MOEKIT_MAP_NONE || map_format == MOEKIT_MAP_BYTEMAP || map_format == MOEKIT_MAP_BITMAP,
+                 "%s: map_format (%d) must be none (0), bytemap (1) or bitmap (2)", op, (int)map_format);
+  if (map_format == MOEKIT_MAP_NONE) {
+    MOEKIT_REQUIRE(map == nullptr, "%s: routing_map (%p) must be null when map_format is none", op, map);
+  } else {
+    MOEKIT_REQUIRE(map != nullptr, "%s: routing_map must not be null when map_format is %s", op,
+                   map_format == MOEKIT_MAP_BYTEMAP ? "bytemap" : "bitmap");
+  }
+  if (exactly_one) {
+    MOEKIT_REQUIRE((map != nullptr) != (indices != nullptr),
+                   "%s: give exactly one of routing_map and topk_indices (routing_map %p, topk_indices %p)", op, map,
+                   indices);
+  } else {
+    MOEKIT_REQUIRE(map != nullptr || indices != nullptr,
+                   "%s: routing_map and topk_indices are both null: at least one output is needed", op);
+  }
+  if (indices != nullptr) {
+    MOEKIT_REQUIRE(is_index_dtype(index_dtype), "%s: index_dtype (%s, value %d) must be int32 or int64", op,
+                   dtype_name(index_dtype), (int)index_dtype);
+    moekit_status_t st = check_ptr(op, "topk_indices", indices, dtype_size(index_dtype));
+    if (st != MOEKIT_SUCCESS) return st;
+  }
+  return MOEKIT_SUCCESS;
+}
+
+void set_pipeline(ForwardArgs& a, const LaunchShape& s, int row_bytes) {
+  if (!s.pipelined) return;
+  a.stage_bytes = (row_bytes + 15) / 16 * 16;
+  const size_t team_bytes = (size_t)a.smem_words_per_team * 4 * kWarpsPerBlock;
+  a.stages = (int)((s.smem_bytes - team_bytes) / ((size_t)a.stage_bytes * kWarpsPerBlock));
+}
+void set_pipeline(BackwardArgs&, const LaunchShape&, int) {}
+
+template <typename Args>
+cudaError_t launch(moekit_dtype_t dtype, bool forward, const Args& a, const LaunchShape& s, cudaStream_t stream);
+
+template <>
+cudaError_t launch<ForwardArgs>(moekit_dtype_t dtype, bool, const ForwardArgs& a, const LaunchShape& s,
+                                cudaStream_t stream) {
+  switch (dtype) {
+    case MOEKIT_DTYPE_F32: return launch_forward<float>(a, s, stream);
+    case MOEKIT_DTYPE_F16: return launch_forward<__half>(a, s, stream);
+    default: return launch_forward<__nv_bfloat16>(a, s, stream);
+  }
+}
+template <>
+cudaError_t launch<BackwardArgs>(moekit_dtype_t dtype, bool, const BackwardArgs& a, const LaunchShape& s,
+                                 cudaStream_t stream) {
+  switch (dtype) {
+    case MOEKIT_DTYPE_F32: return launch_backward<float>(a, s, stream);
+    case MOEKIT_DTYPE_F16: return launch_backward<__half>(a, s, stream);
+    default: return launch_backward<__nv_bfloat16>(a, s, stream);
+  }
+}
+
+// Common tail: device query, launch shape, shared-memory limit, vector-path flag, launch.
+template <typename Args>
+moekit_status_t run(const char* op, moekit_dtype_t dtype, Args& a, int64_t T, int smem_words_per_team,
+                    int pipeline_row_bytes, cudaStream_t stream, const void* const* vec_ptrs, int n_vec_ptrs) {
+  const DeviceInfo* dev = nullptr;
+  moekit_status_t st = current_device(op, &dev);
+  if (st != MOEKIT_SUCCESS) return st;
+  smem_words_per_team = (smem_words_per_team + 3) / 4 * 4;  // keeps later regions 16-byte aligned
+  LaunchShape s = choose_shape(T, a.E, smem_words_per_team, pipeline_row_bytes, *dev);
+  if (s.smem_bytes > (size_t)dev->max_smem_per_block_optin)
+    return fail(MOEKIT_NOT_SUPPORTED, "%s: needs %zu bytes of shared memory per block, device %d allows %d", op,
+                s.smem_bytes, dev->device, dev->max_smem_per_block_optin);
+  const int vec = vec_for(dtype, s.vpt);
+  bool ok = a.E % vec == 0;
+  for (int i = 0; i < n_vec_ptrs; ++i) ok = ok && (vec_ptrs[i] == nullptr || aligned(vec_ptrs[i], 16));
+  a.vec = ok;
+  a.smem_words_per_team = smem_words_per_team;
+  set_pipeline(a, s, pipeline_row_bytes);
+  cudaError_t err = launch(dtype, true, a, s, stream);
+  if (err != cudaSuccess) return cuda_fail(op, "kernel launch", err);
+  return MOEKIT_SUCCESS;
+}
+
+}  // namespace
+}  // namespace router
+}  // namespace moekit
+
+using namespace moekit;
+using namespace moekit::router;
+
+extern "C" MOEKIT_API moekit_status_t moekit_router_topk_forward(
+    const void* logits, moekit_dtype_t logits_dtype, int64_t num_tokens, int64_t num_experts, int64_t topk,
+    moekit_score_function_t score_function, int use_pre_softmax, int64_t num_groups, int64_t group_topk,
+    float scaling_factor, const void* expert_bias, moekit_dtype_t bias_dtype, void* probs, void* routing_map,
+    moekit_map_format_t map_format, void* topk_indices, moekit_dtype_t index_dtype, float* intermediate,
+    moekit_stream_t stream) {
+  static const char* op = "router_topk_forward";
+  return guarded(op, [&]() -> moekit_status_t {
+    moekit_status_t st = check_common(op, logits_dtype, "logits_dtype", num_tokens, num_experts, topk, score_function,
+                                      use_pre_softmax);
+    if (st != MOEKIT_SUCCESS) return st;
+    const int esize = dtype_size(logits_dtype);
+    if ((st = check_ptr(op, "logits", logits, esize)) != MOEKIT_SUCCESS) return st;
+    if ((st = check_ptr(op, "probs", probs, esize)) != MOEKIT_SUCCESS) return st;
+    if ((st = check_ptr(op, "intermediate", intermediate, 4)) != MOEKIT_SUCCESS) return st;
+    if ((st = check_selection(op, routing_map, map_format, topk_indices, index_dtype, false)) != MOEKIT_SUCCESS)
+      return st;
+    MOEKIT_REQUIRE(num_groups >= 0 && group_topk >= 0, "%s: num_groups (%lld) and group_topk (%lld) must be >= 0", op,
+                   (long long)num_groups, (long long)group_topk);
+    MOEKIT_REQUIRE((num_groups > 0) == (group_topk > 0),
+                   "%s: num_groups (%lld) and group_topk (%lld) must both be 0 (no groups) or both > 0", op,
+                   (long long)num_groups, (long long)group_topk);
+    if (num_groups > 0) {
+      MOEKIT_REQUIRE(num_experts % num_groups == 0, "%s: num_experts (%lld) must be divisible by num_groups (%lld)", op,
+                     (long long)num_experts, (long long)num_groups);
+      MOEKIT_REQUIRE(group_topk <= num_groups, "%s: group_topk (%lld) must be <= num_groups (%lld)", op,
+                     (long long)group_topk, (long long)num_groups);
+      MOEKIT_REQUIRE(topk % group_topk == 0, "%s: topk (%lld) must be divisible by group_topk (%lld)", op,
+                     (long long)topk, (long long)group_topk);
+      MOEKIT_REQUIRE(topk / group_topk <= num_experts / num_groups,
+                     "%s: topk / group_topk (%lld) must be <= experts per group (%lld)", op,
+                     (long long)(topk / group_topk), (long long)(num_experts / num_groups));
+    }
+    if (expert_bias != nullptr) {
+      MOEKIT_REQUIRE(score_function != MOEKIT_SCORE_SOFTMAX,
+                     "%s: expert_bias applies only to sigmoid and sqrtsoftplus scores, got softmax", op);
+      MOEKIT_REQUIRE(is_float_dtype(bias_dtype), "%s: bias_dtype (%s, value %d) must be float32, float16 or bfloat16",
+                     op, dtype_name(bias_dtype), (int)bias_dtype);
+      if ((st = check_ptr(op, "expert_bias", expert_bias, dtype_size(bias_dtype))) != MOEKIT_SUCCESS) return st;
+    }
+    if (num_tokens == 0) return MOEKIT_SUCCESS;
+
+    ForwardArgs a{};
+    a.logits = logits;
+    a.bias = expert_bias;
+    a.bias_dtype = (int)bias_dtype;
+    a.probs = probs;
+    a.map = static_cast<uint8_t*>(routing_map);
+    a.indices = topk_indices;
+    a.intermediate = intermediate;
+    a.T = num_tokens;
+    a.E = (int)num_experts;
+    a.K = (int)topk;
+    a.G = (int)num_groups;
+    a.Kg = (int)group_topk;
+    a.mode = score_function == MOEKIT_SCORE_SOFTMAX ? (use_pre_softmax ? kSoftmaxPre : kSoftmaxPost)
+             : score_function == MOEKIT_SCORE_SIGMOID ? kSigmoid
+                                                      : kSqrtSoftplus;
+    a.map_kind = map_format == MOEKIT_MAP_BYTEMAP ? kMapBytes : map_format == MOEKIT_MAP_BITMAP ? kMapBits : kMapNone;
+    a.idx64 = index_dtype == MOEKIT_DTYPE_I64;
+    a.radix = topk >= radix_min_k();
+    a.scale = scaling_factor;
+    // team shared memory: radix histogram (+ pick), group keys, sorted-index list
+    const int words = 256 + 4 + a.G + ((a.radix && topk_indices != nullptr) ? 2 * a.K : 0);
+    const void* vec_ptrs[] = {logits, probs, intermediate, a.map_kind == kMapBytes ? a.map : nullptr};
+    // cp.async needs 16-byte aligned rows
+    const int row_bytes = (int)num_experts * esize;
+    const bool pipeline = pipeline_enabled() && row_bytes % 16 == 0 && aligned(logits, 16);
+    return run(op, logits_dtype, a, num_tokens, words, pipeline ? row_bytes : 0, reinterpret_cast<cudaStream_t>(stream),
+               vec_ptrs, 4);
+  });
+}
+
+extern "C" MOEKIT_API moekit_status_t moekit_router_topk_backward(
+    const void* grad_probs, moekit_dtype_t grad_dtype, int64_t num_tokens, int64_t num_experts,
+    const float* intermediate, const void* routing_map, moekit_map_format_t map_format, const void* topk_indices,
+    moekit_dtype_t index_dtype, int64_t topk, moekit_score_function_t score_function, int use_pre_softmax,
+    float scaling_factor, void* grad_logits, moekit_stream_t stream) {
+  static const char* op = "router_topk_backward";
+  return guarded(op, [&]() -> moekit_status_t {
+    moekit_status_t st =
+        check_common(op, grad_dtype, "grad_dtype", num_tokens, num_experts, topk, score_function, use_pre_softmax);
+    if (st != MOEKIT_SUCCESS) return st;
+    const int esize = dtype_size(grad_dtype);
+    if ((st = check_ptr(op, "grad_probs", grad_probs, esize)) != MOEKIT_SUCCESS) return st;
+    if ((st = check_ptr(op, "intermediate", intermediate, 4)) != MOEKIT_SUCCESS) return st;
+    if ((st = check_ptr(op, "grad_logits", grad_logits, esize)) != MOEKIT_SUCCESS) return st;
+    if ((st = check_selection(op, routing_map, map_format, topk_indices, index_dtype, true)) != MOEKIT_SUCCESS)
+      return st;
+    if (num_tokens == 0) return MOEKIT_SUCCESS;
+
+    BackwardArgs a{};
+    a.grad = grad_probs;
+    a.intermediate = intermediate;
+    a.map = static_cast<const uint8_t*>(routing_map);
+    a.indices = topk_indices;
+    a.grad_logits = grad_logits;
+    a.T = num_tokens;
+    a.E = (int)num_experts;
+    a.K = (int)topk;
+    a.mode = score_function == MOEKIT_SCORE_SOFTMAX ? (use_pre_softmax ? kSoftmaxPre : kSoftmaxPost)
+             : score_function == MOEKIT_SCORE_SIGMOID ? kSigmoid
+                                                      : kSqrtSoftplus;
+    a.map_kind = map_format == MOEKIT_MAP_BYTEMAP ? kMapBytes : map_format == MOEKIT_MAP_BITMAP ? kMapBits : kMapNone;
+    a.idx64 = index_dtype == MOEKIT_DTYPE_I64;
+    a.scale = scaling_factor;
+    const int words = a.map_kind == kMapNone ? (a.E + 3) / 4 : 0;  // byte mask built from the indices
+    const void* vec_ptrs[] = {grad_probs, intermediate, grad_logits, a.map_kind == kMapBytes ? a.map : nullptr};
+    return run(op, grad_dtype, a, num_tokens, words, 0, reinterpret_cast<cudaStream_t>(stream), vec_ptrs, 4);
+  });
+}

@@ -1,0 +1,663 @@
+// Training router (SPEC.md section 1): top-k with score function, forward and backward.
+//
+// One team (a warp, or a block for rows over 1K experts) owns one row. Each thread holds VPT =
+// NC * VEC elements of the row in registers: chunk c of the thread with team rank r covers elements
+// [(c * team_size + r) * VEC, + VEC), so each chunk is one coalesced sweep of the team over the row.
+//
+// Top-k has two paths over the same register layout, both giving the SPEC order (NaN lowest,
+// -0 == +0, ties to the lower index):
+//   - iterative: K rounds of a team arg-max; cheap for small K;
+//   - radix select: the K-th largest 32-bit key found digit by digit (8 bits per pass, a shared
+//     histogram), then one pass marks the winners; cost almost independent of K.
+// The host picks the path per shape (router.cu, measured crossover).
+#pragma once
+
+#include <cstdint>
+
+#include "common/device.cuh"
+#include "common/team.cuh"
+#include "moekit/async_loader.cuh"
+
+namespace moekit {
+namespace router {
+
+enum ScoreMode : int { kSoftmaxPre = 0, kSoftmaxPost = 1, kSigmoid = 2, kSqrtSoftplus = 3 };
+enum MapKind : int { kMapNone = 0, kMapBytes = 1, kMapBits = 2 };
+
+constexpr float kEps = 1e-20f;
+constexpr uint32_t kChosenGroup = 0xffffffffu;  // above every real key (NaN maps to 1, +inf below this)
+
+struct ForwardArgs {
+  const void* logits;
+  const void* bias;  // may be null
+  int bias_dtype;    // moekit_dtype_t
+  void* probs;
+  uint8_t* map;
+  void* indices;
+  float* intermediate;
+  int64_t T;
+  int E;
+  int K;
+  int G, Kg;  // groups (0 = off)
+  int mode;   // ScoreMode
+  int map_kind;
+  int idx64;
+  int radix;  // 1: radix select, 0: iterative
+  int vec;    // rows allow whole-chunk vector access
+  float scale;
+  int smem_words_per_team;  // dynamic shared memory per team (warp teams) in 32-bit words
+  int stages;               // pipelined kernel: row buffers per warp (1 or 2)
+  int stage_bytes;          // pipelined kernel: bytes per row buffer (multiple of 16)
+};
+
+struct BackwardArgs {
+  const void* grad;
+  const float* intermediate;
+  const uint8_t* map;
+  const void* indices;
+  void* grad_logits;
+  int64_t T;
+  int E;
+  int K;
+  int mode;
+  int map_kind;
+  int idx64;
+  int vec;
+  float scale;
+  int smem_words_per_team;
+};
+
+__device__ __forceinline__ float load_as_float(const void* p, int dtype, int i) {
+  switch (dtype) {
+    case 1: return __half2float(static_cast<const __half*>(p)[i]);
+    case 2: return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
+    default: return static_cast<const float*>(p)[i];
+  }
+}
+
+// Element index of position (c, v) of this thread.
+template <int VEC, class Team>
+__device__ __forceinline__ int elem_index(const Team& team, int c, int v) {
+  return (c * team.size() + team.rank) * VEC + v;
+}
+
+// Arg-max over this thread's keys that are not in `taken` and whose index is in [lo, hi).
+template <int VEC, int NC, class Team>
+__device__ __forceinline__ ArgBest local_best(const Team& team, const uint32_t (&key)[VEC * NC], uint64_t taken,
+                                              int lo, int hi) {
+  ArgBest b{kAbsentKey, 0xffffffffu};
+  int pos = -1;
+#pragma unroll
+  for (int c = 0; c < NC; ++c)
+#pragma unroll
+    for (int v = 0; v < VEC; ++v) {
+      const int p = c * VEC + v;
+      const int e = elem_index<VEC>(team, c, v);
+      // strict '>' keeps the lowest index among this thread's equal keys (indices grow with p)
+      if (!((taken >> p) & 1) && e >= lo && e < hi && key[p] > b.key) {
+        b.key = key[p];
+        pos = p;
+      }
+    }
+  if (pos >= 0) b.idx = (uint32_t)((pos / VEC * team.size() + team.rank) * VEC + pos % VEC);
+  return b;
+}
+
+template <int VEC, int NC>
+__device__ __forceinline__ void mark_taken(int rank, int team_size, uint32_t winner, uint64_t& taken) {
+#pragma unroll
+  for (int c = 0; c < NC; ++c)
+#pragma unroll
+    for (int v = 0; v < VEC; ++v)
+      if ((uint32_t)((c * team_size + rank) * VEC + v) == winner) taken |= 1ull << (c * VEC + v);
+}
+
+// Finds, in a 256-bin histogram, the digit whose bin holds the `remaining`-th largest key counting
+// from the top bin. Runs in one warp; every lane gets the result.
+struct DigitPick {
+  uint32_t digit, above, in_bin;
+};
+__device__ __forceinline__ DigitPick pick_digit(const uint32_t* hist, uint32_t remaining) {
+  const int lane = threadIdx.x & 31;
+  const int top = 255 - 8 * lane;  // lane 0 owns the highest 8 bins
+  uint32_t local = 0;
+#pragma unroll
+  for (int b = 0; b < 8; ++b) local += hist[top - b];
+  uint32_t total;
+  uint32_t above_lane = warp_exclusive_scan(local, total);
+  const bool mine = above_lane < remaining && above_lane + local >= remaining;
+  DigitPick r{0, 0, 0};
+  if (mine) {
+    uint32_t run = above_lane;
+#pragma unroll
+    for (int b = 0; b < 8; ++b) {
+      uint32_t h = hist[top - b];
+      if (r.in_bin == 0 && run + h >= remaining && h > 0) {
+        r = {(uint32_t)(top - b), run, h};
+      }
+      if (r.in_bin == 0) run += h;
+    }
+  }
+  const int src = __ffs(__ballot_sync(kFullMask, mine)) - 1;
+  r.digit = __shfl_sync(kFullMask, r.digit, src);
+  r.above = __shfl_sync(kFullMask, r.above, src);
+  r.in_bin = __shfl_sync(kFullMask, r.in_bin, src);
+  return r;
+}
+
+// Radix select of the K largest keys of the row. Returns the selection as a bit per position.
+// `hist` is 256 (+4 for block teams) words of this team's shared memory.
+template <int VEC, int NC, class Team>
+__device__ __forceinline__ uint64_t radix_select(Team& team, const uint32_t (&key)[VEC * NC], int K, uint32_t* hist) {
+  constexpr int VPT = VEC * NC;
+  uint32_t prefix = 0, mask = 0, remaining = (uint32_t)K, in_bin = 0;
+  bool take_all_equal = false;
+#pragma unroll 1
+  for (int shift = 24; shift >= 0; shift -= 8) {
+    for (int i = team.rank; i < 256; i += team.size()) hist[i] = 0;
+    team.sync();
+#pragma unroll
+    for (int p = 0; p < VPT; ++p)
+      if (key[p] != kAbsentKey && (key[p] & mask) == prefix) atomicAdd(&hist[(key[p] >> shift) & 255u], 1u);
+    team.sync();
+    DigitPick d;
+    if constexpr (Team::kIsWarp) {
+      d = pick_digit(hist, remaining);
+    } else {
+      if (team.warp == 0) {
+        d = pick_digit(hist, remaining);
+        if (team.lane == 0) {
+          hist[256] = d.digit;
+          hist[257] = d.above;
+          hist[258] = d.in_bin;
+        }
+      }
+      team.sync();
+      d = {hist[256], hist[257], hist[258]};
+      team.sync();  // hist is cleared next pass only after everyone has read the pick
+    }
+    remaining -= d.above;
+    prefix |= d.digit << shift;
+    mask |= 0xffu << shift;
+    in_bin = d.in_bin;
+    if (in_bin == remaining) {  // every key with this prefix is selected: no need to look further
+      take_all_equal = true;
+      break;
+    }
+  }
+  // Keys whose masked value is above `prefix` are in; equal ones are in if take_all_equal, else the
+  // `remaining` lowest-indexed of them.
+  uint64_t sel = 0;
+  if (take_all_equal) {
+#pragma unroll
+    for (int p = 0; p < VPT; ++p)
+      if (key[p] != kAbsentKey && (key[p] & mask) >= prefix) sel |= 1ull << p;
+    return sel;
+  }
+  uint32_t base = 0;  // equal keys before this chunk, over the team
+#pragma unroll
+  for (int c = 0; c < NC; ++c) {
+    uint32_t cnt = 0;
+#pragma unroll
+    for (int v = 0; v < VEC; ++v) cnt += (key[c * VEC + v] == prefix);
+    uint32_t total;
+    uint32_t before = base + team.exclusive_scan(cnt, total);
+#pragma unroll
+    for (int v = 0; v < VEC; ++v) {
+      const int p = c * VEC + v;
+      if (key[p] != kAbsentKey && key[p] > prefix) sel |= 1ull << p;
+      if (key[p] == prefix) {
+        if (before < remaining) sel |= 1ull << p;
+        ++before;
+      }
+    }
+    base += total;
+  }
+  return sel;
+}
+
+// Writes the selected experts of a row to `out` in descending key order (ties: lower index first).
+// `list` is 2*K words of this team's shared memory.
+template <int VEC, int NC, class Team, typename Index>
+__device__ __forceinline__ void write_sorted_indices(Team& team, const uint32_t (&key)[VEC * NC], uint64_t sel, int K,
+                                                     uint32_t* list, Index* out) {
+  uint32_t total;
+  uint32_t slot = team.exclusive_scan((uint32_t)__popcll(sel), total);
+#pragma unroll
+  for (int c = 0; c < NC; ++c)
+#pragma unroll
+    for (int v = 0; v < VEC; ++v) {
+      const int p = c * VEC + v;
+      if ((sel >> p) & 1) {
+        list[2 * slot] = key[p];
+        list[2 * slot + 1] = (uint32_t)elem_index<VEC>(team, c, v);
+        ++slot;
+      }
+    }
+  team.sync();
+  for (int j = team.rank; j < K; j += team.size()) {
+    const uint32_t kj = list[2 * j], ij = list[2 * j + 1];
+    int rank = 0;
+    for (int i = 0; i < K; ++i) {
+      const uint32_t ki = list[2 * i], ii = list[2 * i + 1];
+      rank += (ki > kj) || (ki == kj && ii < ij);
+    }
+    out[rank] = (Index)ij;
+  }
+  team.sync();  // list may be reused by the next row of this team
+}
+
+// Bits of this thread's chunk -> LSB-first bitmap bytes. VEC consecutive elements of one thread
+// are VEC consecutive bits; 8/VEC neighbouring lanes share a byte (warp-uniform control flow).
+template <int VEC>
+__device__ __forceinline__ void store_bitmap_chunk(uint8_t* row_bits, int e0, int E, uint32_t bits) {
+  if constexpr (VEC >= 8) {
+#pragma unroll
+    for (int b = 0; b < VEC / 8; ++b)
+      if (e0 + 8 * b < E) row_bits[(e0 >> 3) + b] = (uint8_t)(bits >> (8 * b));
+  } else {
+    constexpr int kLanesPerByte = 8 / VEC;
+    const int lane = threadIdx.x & 31;
+    uint32_t byte = bits << (VEC * (lane % kLanesPerByte));
+#pragma unroll
+    for (int o = 1; o < kLanesPerByte; o <<= 1) byte |= __shfl_xor_sync(kFullMask, byte, o);
+    if (lane % kLanesPerByte == 0 && e0 < E) row_bits[e0 >> 3] = (uint8_t)byte;
+  }
+}
+
+template <typename T, int VEC, int NC, class Team>
+__device__ __forceinline__ void forward_row(const ForwardArgs& a, Team& team, int64_t row, uint32_t* smem,
+                                            const T* x_row, bool x_vec) {
+  constexpr int VPT = VEC * NC;
+  const int E = a.E;
+  const int64_t off = row * (int64_t)E;
+  const bool vec = a.vec != 0;
+
+  // ---- 1. load, scores, selection keys
+  float s[VPT];  // score: p (softmax-pre), x (softmax-post), y (sigmoid), v (sqrtsoftplus)
+#pragma unroll
+  for (int c = 0; c < NC; ++c) {
+    float tmp[VEC];
+    load_chunk<T, VEC>(x_row, elem_index<VEC>(team, c, 0), E, x_vec, -INFINITY, tmp);
+#pragma unroll
+    for (int v = 0; v < VEC; ++v) s[c * VEC + v] = tmp[v];
+  }
+  if (a.mode == kSoftmaxPre) {
+    float m = -INFINITY;
+#pragma unroll
+    for (int p = 0; p < VPT; ++p) m = fmaxf(m, s[p]);
+    m = team.max(m);
+    float z = 0.0f;
+#pragma unroll
+    for (int p = 0; p < VPT; ++p) {
+      s[p] = expf(s[p] - m);  // padding: exp(-inf) = 0
+      z += s[p];
+    }
+    const float inv = 1.0f / team.sum(z);
+#pragma unroll
+    for (int p = 0; p < VPT; ++p) s[p] *= inv;
+  } else if (a.mode == kSigmoid) {
+#pragma unroll
+    for (int p = 0; p < VPT; ++p) s[p] = sigmoidf(s[p]);
+  }
+  if (a.mode != kSoftmaxPost) {  // intermediate that does not depend on the selection
+#pragma unroll
+    for (int c = 0; c < NC; ++c) {
+      float tmp[VEC];
+#pragma unroll
+      for (int v = 0; v < VEC; ++v) tmp[v] = s[c * VEC + v];  // x itself for sqrtsoftplus
+      store_chunk<float, VEC>(a.intermediate + off, elem_index<VEC>(team, c, 0), E, vec, tmp);
+    }
+  }
+  if (a.mode == kSqrtSoftplus) {
+#pragma unroll
+    for (int p = 0; p < VPT; ++p) s[p] = sqrtf(softplusf(s[p]));
+  }
+  uint32_t key[VPT];
+#pragma unroll
+  for (int c = 0; c < NC; ++c)
+#pragma unroll
+    for (int v = 0; v < VEC; ++v) {
+      const int p = c * VEC + v;
+      const int e = elem_index<VEC>(team, c, v);
+      float k = s[p];
+      if (a.bias != nullptr && e < E) k += load_as_float(a.bias, a.bias_dtype, e);
+      key[p] = e < E ? order_key(k) : kAbsentKey;
+    }
+
+  // ---- 2. group-limited routing: keep the Kg groups with the best sums of their top K/Kg keys
+  if (a.G > 0) {
+    uint32_t* gkey = smem + 256 + 4;
+    const int gsize = E / a.G, per_group = a.K / a.Kg;
+    // A group made of whole thread chunks, 1..32 neighbouring lanes of one sweep, needs no
+    // shared-memory rounds: each lane takes the top-2 of its chunk, then a butterfly merges them.
+    const int lanes_per_group = gsize / VEC;
+    const bool chunk_groups = per_group <= 2 && gsize % VEC == 0 && lanes_per_group <= 32 &&
+                              (lanes_per_group & (lanes_per_group - 1)) == 0;
+    if (chunk_groups) {
+#pragma unroll
+      for (int c = 0; c < NC; ++c) {
+        uint32_t t1 = kAbsentKey, t2 = kAbsentKey;  // t1 >= t2; a repeated maximum fills both
+#pragma unroll
+        for (int v = 0; v < VEC; ++v) {
+          const uint32_t k = key[c * VEC + v];
+          if (k > t1) {
+            t2 = t1;
+            t1 = k;
+          } else if (k > t2) {
+            t2 = k;
+          }
+        }
+        for (int o = 1; o < lanes_per_group; o <<= 1) {
+          const uint32_t u1 = __shfl_xor_sync(kFullMask, t1, o), u2 = __shfl_xor_sync(kFullMask, t2, o);
+          const uint32_t n2 = t1 >= u1 ? max(t2, u1) : max(t1, u2);
+          t1 = max(t1, u1);
+          t2 = n2;
+        }
+        const int lane_chunk = c * team.size() + team.rank;
+        const int g = lane_chunk / lanes_per_group;
+        // same additions, in the same order, as the general path below: bit-identical sums
+        if (lane_chunk % lanes_per_group == 0 && g < a.G)
+          gkey[g] = order_key(per_group == 1 ? 0.0f + key_value(t1) : 0.0f + key_value(t1) + key_value(t2));
+      }
+    } else {
+#pragma unroll 1
+      for (int g = 0; g < a.G; ++g) {
+        uint64_t taken = 0;
+        float gsum = 0.0f;
+#pragma unroll 1
+        for (int r = 0; r < per_group; ++r) {
+          ArgBest b = team.argbest(local_best<VEC, NC>(team, key, taken, g * gsize, (g + 1) * gsize));
+          gsum += key_value(b.key);
+          mark_taken<VEC, NC>(team.rank, team.size(), b.idx, taken);
+        }
+        if (team.rank == 0) gkey[g] = order_key(gsum);
+      }
+    }
+    team.sync();
+#pragma unroll 1
+    for (int r = 0; r < a.Kg; ++r) {
+      ArgBest b{kAbsentKey, 0xffffffffu};
+      for (int g = team.rank; g < a.G; g += team.size())
+        if (gkey[g] != kChosenGroup && gkey[g] > b.key) b = {gkey[g], (uint32_t)g};
+      b = team.argbest(b);
+      if (team.rank == 0) gkey[b.idx] = kChosenGroup;
+      team.sync();
+    }
+    const bool whole_chunks = gsize % VEC == 0;  // one division per chunk instead of per element
+#pragma unroll
+    for (int c = 0; c < NC; ++c) {
+      const int e0 = elem_index<VEC>(team, c, 0);
+      const int g0 = whole_chunks && e0 < E ? e0 / gsize : 0;
+#pragma unroll
+      for (int v = 0; v < VEC; ++v) {
+        const int e = e0 + v;
+        if (e < E && gkey[whole_chunks ? g0 : e / gsize] != kChosenGroup) key[c * VEC + v] = kNegInfKey;
+      }
+    }
+    team.sync();  // gkey is rewritten by the next row
+  }
+
+  // ---- 3. top-k
+  uint64_t sel = 0;
+  if (!a.radix) {
+#pragma unroll 1
+    for (int r = 0; r < a.K; ++r) {
+      ArgBest b = team.argbest(local_best<VEC, NC>(team, key, sel, 0, E));
+      mark_taken<VEC, NC>(team.rank, team.size(), b.idx, sel);
+      if (a.indices != nullptr && team.rank == 0) {
+        if (a.idx64) static_cast<int64_t*>(a.indices)[row * a.K + r] = b.idx;
+        else static_cast<int32_t*>(a.indices)[row * a.K + r] = (int32_t)b.idx;
+      }
+    }
+  } else {
+    sel = radix_select<VEC, NC>(team, key, a.K, smem);
+    if (a.indices != nullptr) {
+      uint32_t* list = smem + 256 + 4 + a.G;
+      if (a.idx64) write_sorted_indices<VEC, NC>(team, key, sel, a.K, list, static_cast<int64_t*>(a.indices) + row * a.K);
+      else write_sorted_indices<VEC, NC>(team, key, sel, a.K, list, static_cast<int32_t*>(a.indices) + row * a.K);
+    }
+  }
+
+  // ---- 4. weights
+  float w[VPT];
+  if (a.mode == kSoftmaxPost) {
+    float m = -INFINITY;
+#pragma unroll
+    for (int p = 0; p < VPT; ++p)
+      if ((sel >> p) & 1) m = fmaxf(m, s[p]);
+    m = team.max(m);
+    float z = 0.0f;
+#pragma unroll
+    for (int p = 0; p < VPT; ++p) {
+      w[p] = ((sel >> p) & 1) ? expf(s[p] - m) : 0.0f;
+      z += w[p];
+    }
+    const float inv = 1.0f / team.sum(z);
+#pragma unroll
+    for (int p = 0; p < VPT; ++p) w[p] *= inv;
+  } else if (a.mode == kSoftmaxPre || a.K == 1) {
+#pragma unroll
+    for (int p = 0; p < VPT; ++p) w[p] = s[p];
+  } else {
+    float z = 0.0f;
+#pragma unroll
+    for (int p = 0; p < VPT; ++p)
+      if ((sel >> p) & 1) z += s[p];
+    const float denom = team.sum(z) + kEps;
+#pragma unroll
+    for (int p = 0; p < VPT; ++p) w[p] = s[p] / denom;
+  }
+
+  // ---- 5. outputs
+#pragma unroll
+  for (int c = 0; c < NC; ++c) {
+    const int e0 = elem_index<VEC>(team, c, 0);
+    float pr[VEC], im[VEC];
+    uint8_t mb[VEC];
+    uint32_t bits = 0;
+#pragma unroll
+    for (int v = 0; v < VEC; ++v) {
+      const int p = c * VEC + v;
+      const bool on = (sel >> p) & 1;
+      pr[v] = on ? w[p] * a.scale : 0.0f;
+      im[v] = on ? w[p] : -INFINITY;
+      mb[v] = on;
+      bits |= (uint32_t)on << v;
+    }
+    store_chunk<T, VEC>(static_cast<T*>(a.probs) + off, e0, E, vec, pr);
+    if (a.mode == kSoftmaxPost) store_chunk<float, VEC>(a.intermediate + off, e0, E, vec, im);
+    if (a.map_kind == kMapBytes) store_bytes<VEC>(a.map + off, e0, E, vec, mb);
+    else if (a.map_kind == kMapBits) store_bitmap_chunk<VEC>(a.map + row * (int64_t)((E + 7) / 8), e0, E, bits);
+  }
+}
+
+template <typename T, int VEC, int NC, class Team>
+__device__ __forceinline__ void backward_row(const BackwardArgs& a, Team& team, int64_t row, uint32_t* smem) {
+  constexpr int VPT = VEC * NC;
+  const int E = a.E;
+  const int64_t off = row * (int64_t)E;
+  const bool vec = a.vec != 0;
+
+  // Selection from indices: scatter into a per-team byte mask (out-of-range ids are ignored).
+  uint8_t* mask_bytes = reinterpret_cast<uint8_t*>(smem);
+  if (a.map_kind == kMapNone) {
+    for (int i = team.rank; i < E; i += team.size()) mask_bytes[i] = 0;
+    team.sync();
+    for (int j = team.rank; j < a.K; j += team.size()) {
+      int64_t id = a.idx64 ? static_cast<const int64_t*>(a.indices)[row * a.K + j]
+                           : (int64_t) static_cast<const int32_t*>(a.indices)[row * a.K + j];
+      if (id >= 0 && id < E) mask_bytes[id] = 1;
+    }
+    team.sync();
+  }
+
+  // Off the selection, only softmax-pre needs grad or intermediate: the other modes read them
+  // only in chunks holding a selected expert (K of E), which is most of the traffic saved.
+  const bool dense = a.mode == kSoftmaxPre;
+  float g[VPT], y[VPT];
+  uint64_t m = 0;
+#pragma unroll
+  for (int c = 0; c < NC; ++c) {
+    const int e0 = elem_index<VEC>(team, c, 0);
+    uint8_t mb[VEC];
+    if (a.map_kind == kMapBytes) {
+      load_bytes<VEC>(a.map + off, e0, E, vec, mb);
+    } else if (a.map_kind == kMapBits) {
+      // VEC divides 8 and e0 is a multiple of VEC, so the chunk's bits sit in one byte
+      const uint8_t byte = e0 < E ? a.map[row * (int64_t)((E + 7) / 8) + (e0 >> 3)] : 0;
+#pragma unroll
+      for (int v = 0; v < VEC; ++v) mb[v] = (byte >> ((e0 + v) & 7)) & 1;
+    } else {
+#pragma unroll
+      for (int v = 0; v < VEC; ++v) mb[v] = (e0 + v < E) ? mask_bytes[e0 + v] : 0;
+    }
+    uint32_t chunk_bits = 0;
+#pragma unroll
+    for (int v = 0; v < VEC; ++v) chunk_bits |= (uint32_t)(mb[v] != 0 && e0 + v < E) << v;
+    m |= (uint64_t)chunk_bits << (c * VEC);
+    float tg[VEC], ty[VEC];
+    if (dense || chunk_bits != 0) {
+      load_chunk<T, VEC>(static_cast<const T*>(a.grad) + off, e0, E, vec, 0.0f, tg);
+      load_chunk<float, VEC>(a.intermediate + off, e0, E, vec, 0.0f, ty);
+    } else {
+#pragma unroll
+      for (int v = 0; v < VEC; ++v) tg[v] = ty[v] = 0.0f;
+    }
+#pragma unroll
+    for (int v = 0; v < VEC; ++v) {
+      g[c * VEC + v] = tg[v] * a.scale;
+      y[c * VEC + v] = ty[v];
+    }
+  }
+  if (a.map_kind == kMapNone) team.sync();  // mask_bytes is rewritten by the next row
+
+  float dx[VPT];
+  if (a.mode == kSoftmaxPre || a.mode == kSoftmaxPost) {
+    float d = 0.0f;
+#pragma unroll
+    for (int p = 0; p < VPT; ++p)
+      if ((m >> p) & 1) d += g[p] * y[p];
+    d = team.sum(d);
+#pragma unroll
+    for (int p = 0; p < VPT; ++p) {
+      const bool on = (m >> p) & 1;
+      if (a.mode == kSoftmaxPre) dx[p] = y[p] * ((on ? g[p] : 0.0f) - d);
+      else dx[p] = on ? y[p] * (g[p] - d) : 0.0f;  // unselected p is -inf: never multiply it
+    }
+  } else {
+    float v[VPT];
+#pragma unroll
+    for (int p = 0; p < VPT; ++p) v[p] = a.mode == kSigmoid ? y[p] : sqrtf(softplusf(y[p]));
+    float h[VPT];
+    if (a.K > 1) {
+      float sv = 0.0f, d = 0.0f;
+#pragma unroll
+      for (int p = 0; p < VPT; ++p)
+        if ((m >> p) & 1) {
+          sv += v[p];
+          d += g[p] * v[p];
+        }
+      const float denom = team.sum(sv) + kEps;
+      d = team.sum(d);
+      const float inv = 1.0f / denom;
+#pragma unroll
+      for (int p = 0; p < VPT; ++p) h[p] = ((m >> p) & 1) ? g[p] * inv - d * inv * inv : 0.0f;
+    } else {
+#pragma unroll
+      for (int p = 0; p < VPT; ++p) h[p] = ((m >> p) & 1) ? g[p] : 0.0f;
+    }
+#pragma unroll
+    for (int p = 0; p < VPT; ++p) {
+      float d;
+      if (a.mode == kSigmoid) {
+        d = h[p] * y[p] * (1.0f - y[p]);
+      } else {
+        const float x = y[p];
+        d = h[p] * (x > 20.0f ? 1.0f : sigmoidf(x)) / (2.0f * v[p] + kEps);
+      }
+      dx[p] = ((m >> p) & 1) ? d : 0.0f;  // exactly 0 off the selection, even where y is NaN or inf
+    }
+  }
+#pragma unroll
+  for (int c = 0; c < NC; ++c) {
+    float t[VEC];
+#pragma unroll
+    for (int v = 0; v < VEC; ++v) t[v] = dx[c * VEC + v];
+    store_chunk<T, VEC>(static_cast<T*>(a.grad_logits) + off, elem_index<VEC>(team, c, 0), E, vec, t);
+  }
+}
+
+// ---- kernels ---------------------------------------------------------------------------------
+// Warp teams: blockDim.x / 32 rows per block, each warp with its own slice of shared memory.
+// Block teams: one row per block; the first 128 words of shared memory are the team's scratch.
+template <typename T, int VEC, int NC>
+__global__ void forward_warp_kernel(ForwardArgs a) {
+  extern __shared__ uint32_t smem[];
+  const int warp = threadIdx.x >> 5;
+  const int64_t row = (int64_t)blockIdx.x * (blockDim.x >> 5) + warp;
+  if (row >= a.T) return;
+  WarpTeam team;
+  forward_row<T, VEC, NC>(a, team, row, smem + warp * a.smem_words_per_team,
+                          static_cast<const T*>(a.logits) + row * a.E, a.vec != 0);
+}
+
+// Persistent warp teams: each warp walks rows gridDim.x * warps apart, its logits staged through
+// shared memory by cp.async, the next row in flight while this one is computed (2 buffers).
+// Needs 16-byte aligned rows (host checks).
+template <typename T, int VEC, int NC>
+__global__ void forward_warp_pipelined_kernel(ForwardArgs a) {
+  extern __shared__ uint32_t smem[];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+  uint32_t* team_smem = smem + warp * a.smem_words_per_team;
+  uint8_t* stages = reinterpret_cast<uint8_t*>(smem + warps * a.smem_words_per_team) +
+                    (size_t)warp * a.stages * a.stage_bytes;
+  async::RowPipeline pipe(stages, a.stage_bytes, a.stages);
+  const int row_bytes = a.E * (int)sizeof(T);
+  const T* logits = static_cast<const T*>(a.logits);
+  const int64_t step = (int64_t)gridDim.x * warps;
+  int64_t row = (int64_t)blockIdx.x * warps + warp;
+  WarpTeam team;
+  if (row < a.T) pipe.fetch(0, logits + row * a.E, row_bytes, lane, 32);
+  for (int s = 0; row < a.T; row += step) {
+    const bool ahead = pipe.prefetches() && row + step < a.T;
+    if (ahead) pipe.fetch(s ^ 1, logits + (row + step) * a.E, row_bytes, lane, 32);
+    pipe.wait(ahead);
+    __syncwarp();
+    forward_row<T, VEC, NC>(a, team, row, team_smem, reinterpret_cast<const T*>(pipe.stage(s)), true);
+    __syncwarp();  // every lane has read the buffer before it is refilled
+    if (!pipe.prefetches()) {
+      if (row + step < a.T) pipe.fetch(0, logits + (row + step) * a.E, row_bytes, lane, 32);
+    } else {
+      s ^= 1;
+    }
+  }
+}
+
+template <typename T, int VEC, int NC>
+__global__ void forward_block_kernel(ForwardArgs a) {
+  extern __shared__ uint32_t smem[];
+  BlockTeam team(smem);
+  const int64_t row = blockIdx.x;
+  forward_row<T, VEC, NC>(a, team, row, smem + 128, static_cast<const T*>(a.logits) + row * a.E, a.vec != 0);
+}
+
+template <typename T, int VEC, int NC>
+__global__ void backward_warp_kernel(BackwardArgs a) {
+  extern __shared__ uint32_t smem[];
+  const int warp = threadIdx.x >> 5;
+  const int64_t row = (int64_t)blockIdx.x * (blockDim.x >> 5) + warp;
+  if (row >= a.T) return;
+  WarpTeam team;
+  backward_row<T, VEC, NC>(a, team, row, smem + warp * a.smem_words_per_team);
+}
+
+template <typename T, int VEC, int NC>
+__global__ void backward_block_kernel(BackwardArgs a) {
+  extern __shared__ uint32_t smem[];
+  BlockTeam team(smem);
+  backward_row<T, VEC, NC>(a, team, (int64_t)blockIdx.x, smem + 128);
+}
+
+}  // namespace router
+}  // namespace moekit

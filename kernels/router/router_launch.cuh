@@ -1,0 +1,104 @@
+// Launch shapes of the router kernels, and the template that picks the instantiation for a shape.
+// Each dtype's instantiations live in their own source (router_f32.cu, ...) so a 2-core build
+// compiles them in parallel.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "router/router_kernels.cuh"
+
+namespace moekit {
+namespace router {
+
+struct LaunchShape {
+  bool block_team;  // one block per row (else one warp per row)
+  bool pipelined;   // forward only: persistent warps with cp.async-staged rows
+  int vpt;          // elements per thread: warp 1..32 (powers of 2), block 8 or 16
+  int threads;      // block size
+  int64_t blocks;   // blocks to cover every row (a persistent grid takes fewer)
+  size_t smem_bytes;
+  int sm_count;
+};
+
+template <typename T, int VPT>
+constexpr int vec_of() {
+  return VPT < (int)(16 / sizeof(T)) ? VPT : (int)(16 / sizeof(T));
+}
+
+template <typename T>
+cudaError_t launch_forward(const ForwardArgs& a, const LaunchShape& s, cudaStream_t stream);
+template <typename T>
+cudaError_t launch_backward(const BackwardArgs& a, const LaunchShape& s, cudaStream_t stream);
+
+template <typename Args, typename Kernel>
+cudaError_t launch_one(Kernel k, const Args& a, const LaunchShape& s, cudaStream_t stream) {
+  cudaError_t err = cudaSuccess;
+  // Raise the dynamic shared memory limit only when the launch needs more than the default.
+  if (s.smem_bytes > 48 * 1024)
+    err = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)s.smem_bytes);
+  if (err != cudaSuccess) return err;
+  long long blocks = s.blocks;
+  if (s.pipelined) {
+    err = async::persistent_blocks(k, s.threads, s.smem_bytes, s.sm_count, s.blocks, &blocks);
+    if (err != cudaSuccess) return err;
+  }
+  k<<<(unsigned)blocks, s.threads, s.smem_bytes, stream>>>(a);
+  return cudaGetLastError();
+}
+
+// Kernel families, so that one dispatcher maps a run-time VPT to the instantiation.
+#define MOEKIT_ROUTER_FAMILY(NAME, KERNEL)                  \
+  struct NAME {                                             \
+    template <typename T, int VEC, int NC>                  \
+    static constexpr auto get() { return &KERNEL<T, VEC, NC>; } \
+  };
+MOEKIT_ROUTER_FAMILY(ForwardWarp, forward_warp_kernel)
+MOEKIT_ROUTER_FAMILY(ForwardWarpPipelined, forward_warp_pipelined_kernel)
+MOEKIT_ROUTER_FAMILY(ForwardBlock, forward_block_kernel)
+MOEKIT_ROUTER_FAMILY(BackwardWarp, backward_warp_kernel)
+MOEKIT_ROUTER_FAMILY(BackwardBlock, backward_block_kernel)
+#undef MOEKIT_ROUTER_FAMILY
+
+template <typename T, int VPT, class Family, typename Args>
+cudaError_t launch_vpt(const Args& a, const LaunchShape& s, cudaStream_t stream) {
+  constexpr int VEC = vec_of<T, VPT>();
+  return launch_one(Family::template get<T, VEC, VPT / VEC>(), a, s, stream);
+}
+
+// Warp teams hold 1..32 elements per thread, block teams 8 or 16.
+template <typename T, class Family, typename Args>
+cudaError_t launch_warp(const Args& a, const LaunchShape& s, cudaStream_t stream) {
+  switch (s.vpt) {
+    case 1: return launch_vpt<T, 1, Family>(a, s, stream);
+    case 2: return launch_vpt<T, 2, Family>(a, s, stream);
+    case 4: return launch_vpt<T, 4, Family>(a, s, stream);
+    case 8: return launch_vpt<T, 8, Family>(a, s, stream);
+    case 16: return launch_vpt<T, 16, Family>(a, s, stream);
+    case 32: return launch_vpt<T, 32, Family>(a, s, stream);
+  }
+  return cudaErrorInvalidConfiguration;
+}
+template <typename T, class Family, typename Args>
+cudaError_t launch_block(const Args& a, const LaunchShape& s, cudaStream_t stream) {
+  switch (s.vpt) {
+    case 8: return launch_vpt<T, 8, Family>(a, s, stream);
+    case 16: return launch_vpt<T, 16, Family>(a, s, stream);
+  }
+  return cudaErrorInvalidConfiguration;
+}
+
+#define MOEKIT_ROUTER_INSTANTIATE(T)                                                                   \
+  template <>                                                                                          \
+  cudaError_t launch_forward<T>(const ForwardArgs& a, const LaunchShape& s, cudaStream_t stream) {     \
+    if (s.block_team) return launch_block<T, ForwardBlock>(a, s, stream);                              \
+    if (s.pipelined) return launch_warp<T, ForwardWarpPipelined>(a, s, stream);                        \
+    return launch_warp<T, ForwardWarp>(a, s, stream);                                                  \
+  }                                                                                                    \
+  template <>                                                                                          \
+  cudaError_t launch_backward<T>(const BackwardArgs& a, const LaunchShape& s, cudaStream_t stream) {   \
+    if (s.block_team) return launch_block<T, BackwardBlock>(a, s, stream);                             \
+    return launch_warp<T, BackwardWarp>(a, s, stream);                                                 \
+  }
+
+}  // namespace router
+}  // namespace moekit

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Build, test and benchmark moekit on a GPU machine in one go; prints a short table last.
+#   scripts/gpu-check.sh                 everything
+#   TESTS=0 scripts/gpu-check.sh         skip pytest;  SANITIZER=0 / BENCH=0 likewise
+#   PYTEST_ARGS="-k ties" BENCH_ARGS="--quick" scripts/gpu-check.sh
+# Logs and JSON go to $OUT (the device tool's output folder) or ./gpu-check-out.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/gpu-check-out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+SECONDS=0
+summary=()
+note() { echo "== [${SECONDS}s] $*"; }
+
+note "device: $(nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader 2>&1 | head -1)"
+
+# Build only the architecture of the card in hand (sm_90a on Hopper).
+arch=${CUDAARCHS:-$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d .)}
+[ "$arch" = "90" ] && arch=90a
+note "build + install for sm_$arch"
+if CUDAARCHS=$arch python3 -m pip install --no-build-isolation --no-deps -v . >"$OUT/build.log" 2>&1; then
+  summary+=("build sm_$arch: ok (${SECONDS}s)")
+else
+  tail -40 "$OUT/build.log"; echo "BUILD FAILED"; exit 1
+fi
+python3 -m moekit info 2>&1 | tee "$OUT/info.log"
+
+if [ "${TESTS:-1}" = 1 ]; then
+  note "pytest"
+  python3 -m pytest -q -p no:cacheprovider ${PYTEST_ARGS:-} 2>&1 | tee "$OUT/pytest.log"
+  summary+=("pytest: $(grep -E '^(=+ )?[0-9]+ (passed|failed)|no tests ran|error' "$OUT/pytest.log" | tail -1)")
+fi
+
+if [ "${SANITIZER:-1}" = 1 ]; then
+  note "compute-sanitizer memcheck"
+  # default tuning; then no pipeline + radix everywhere; then iterative everywhere
+  for env in "" "MOEKIT_ROUTER_PIPELINE=0 MOEKIT_ROUTER_RADIX_MIN_K=1" "MOEKIT_ROUTER_RADIX_MIN_K=99999"; do
+    env $env compute-sanitizer --tool memcheck --error-exitcode 9 python3 scripts/sanitize_cases.py \
+      >"$OUT/memcheck-run.log" 2>&1
+    rc=$?
+    { echo "### ${env:-defaults}: exit $rc"; cat "$OUT/memcheck-run.log"; } >>"$OUT/memcheck.log"
+    grep -E "MISMATCH|ERROR SUMMARY" "$OUT/memcheck-run.log" | tail -3
+    summary+=("memcheck [${env:-defaults}]: exit $rc, $(grep -E 'ERROR SUMMARY' "$OUT/memcheck-run.log" | tail -1)")
+    rm -f "$OUT/memcheck-run.log"
+  done
+fi
+
+if [ "${BENCH:-1}" = 1 ]; then
+  note "benchmarks"
+  python3 bench/run.py --out "$OUT" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log"
+fi
+
+echo
+echo "== summary (${SECONDS}s)"
+for line in "${summary[@]}"; do echo "  $line"; done

@@ -1,0 +1,51 @@
+"""A few router shapes for compute-sanitizer (scripts/gpu-check.sh): every kernel family and path,
+odd sizes, both selection outputs, small T so the checker stays quick. gpu-check.sh runs it with
+the default tuning and again with MOEKIT_ROUTER_PIPELINE=0 / MOEKIT_ROUTER_RADIX_MIN_K=1|9999 so that
+every kernel path is checked. Exits non-zero on a mismatch
+with the reference too, so a silent wrong answer does not pass as 'no memory error'."""
+import sys
+
+import numpy as np
+import torch
+
+import moekit
+from moekit import reference
+
+CASES = [  # (T, E, K, score, pre, groups, bias, map_format, dtype)
+    (37, 33, 3, "softmax", False, (0, 0), False, "bytemap", torch.float32),
+    (64, 128, 8, "sigmoid", False, (8, 4), True, "bitmap", torch.bfloat16),
+    (19, 100, 22, "softmax", True, (0, 0), False, "indices", torch.float16),
+    (16, 257, 16, "sqrtsoftplus", False, (0, 0), True, "bitmap", torch.float32),
+    (8, 2304, 36, "softmax", False, (0, 0), False, "indices", torch.bfloat16),
+    (4, 3000, 5, "sigmoid", False, (0, 0), False, "bitmap", torch.float16),
+    (3, 16384, 32, "softmax", True, (8, 4), False, "bytemap", torch.float32),
+]
+
+
+def main():
+    failures = 0
+    for T, E, K, score, pre, (G, Kg), bias, fmt, dt in CASES:
+        if True:
+            x = (torch.randn(T, E, device="cuda") * 2).to(dt)
+            b = torch.randn(E, device="cuda") if bias else None
+            probs, sel, inter = moekit.router_topk_forward(
+                x, K, score_function=score, use_pre_softmax=pre, num_groups=G, group_topk=Kg,
+                expert_bias=b, map_format=fmt, index_dtype="int64" if fmt == "indices" else "int32")
+            g = torch.randn(T, E, device="cuda").to(dt)
+            dx = moekit.router_topk_backward(g, inter, sel, K, score_function=score, use_pre_softmax=pre,
+                                             map_format=fmt)
+            torch.cuda.synchronize()
+            rp, rsel, _ = reference.router_topk_forward(
+                x.float().cpu().numpy(), K, score_function=score, use_pre_softmax=pre, num_groups=G,
+                group_topk=Kg, expert_bias=None if b is None else b.cpu().numpy(), map_format=fmt)
+            same = np.array_equal(sel.cpu().numpy(), rsel) if fmt != "bytemap" else np.array_equal(
+                sel.cpu().numpy().astype(bool), rsel)
+            ok = same and torch.isfinite(dx.float()).all().item()
+            print(f"T={T} E={E} K={K} {score}{'-pre' if pre else ''} G={G}/{Kg} bias={bias} {fmt} {dt}: "
+                  f"{'ok' if ok else 'MISMATCH'}")
+            failures += not ok
+    sys.exit(1 if failures else 0)
+
+
+if __name__ == "__main__":
+    main()
