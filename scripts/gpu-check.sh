@@ -2,6 +2,7 @@
 # Build, test and benchmark moekit on a GPU machine in one go; prints a short table last.
 #   scripts/gpu-check.sh                 everything
 #   TESTS=0 scripts/gpu-check.sh         skip pytest;  SANITIZER=0 / BENCH=0 likewise
+#   CROSSOVER=1 scripts/gpu-check.sh     also time radix vs iterative top-k (bench/router_crossover.py)
 #   PYTEST_ARGS="-k ties" BENCH_ARGS="--quick" scripts/gpu-check.sh
 # Logs and JSON go to $OUT (the device tool's output folder) or ./gpu-check-out.
 set -uo pipefail
@@ -29,7 +30,7 @@ python3 -m moekit info 2>&1 | tee "$OUT/info.log"
 if [ "${TESTS:-1}" = 1 ]; then
   note "pytest"
   python3 -m pytest -q -p no:cacheprovider ${PYTEST_ARGS:-} 2>&1 | tee "$OUT/pytest.log"
-  summary+=("pytest: $(grep -E '^(=+ )?[0-9]+ (passed|failed)|no tests ran|error' "$OUT/pytest.log" | tail -1)")
+  summary+=("pytest: $(grep -E '(passed|failed|error|no tests ran).* in [0-9.]+s' "$OUT/pytest.log" | tail -1)")
 fi
 
 if [ "${SANITIZER:-1}" = 1 ]; then
@@ -46,10 +47,19 @@ if [ "${SANITIZER:-1}" = 1 ]; then
   done
 fi
 
+if [ "${CROSSOVER:-0}" = 1 ]; then
+  note "top-k crossover (radix vs iterative)"
+  python3 bench/router_crossover.py --out "$OUT" 2>&1 | tee "$OUT/crossover.log"
+fi
+
 if [ "${BENCH:-1}" = 1 ]; then
   note "benchmarks"
   python3 bench/run.py --out "$OUT" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log"
 fi
+
+# The device tool brings back at most 8 files: pack everything into one archive.
+(cd "$OUT" && tar czf gpu-check.tgz --exclude gpu-check.tgz * 2>/dev/null && find . -type f ! -name gpu-check.tgz \
+  ! -name pytest.log ! -name bench.log -delete)
 
 echo
 echo "== summary (${SECONDS}s)"

@@ -59,11 +59,11 @@ def as_float64(array):
     return np.asarray(array).astype(np.float64)
 
 
-# ---- poisoned outputs ------------------------------------------------------------------------------
+# ---- poisoned outputs ----------------------------------------------------------------------------
 
 # Two fillings that differ in every byte: an output element the op forgot to write keeps its poison,
-# so it differs between a run into pattern "nan" buffers and a run into pattern "bytes" buffers, even
-# where a single poison value could pass for a legitimate result.
+# so it differs between a run into pattern "nan" buffers and a run into pattern "bytes" buffers,
+# even where a single poison value could pass for a legitimate result.
 POISON_PATTERNS = ("nan", "bytes")
 
 
@@ -125,7 +125,7 @@ def first_difference(a, b):
     return tuple(int(i) for i in np.unravel_index(flat, tuple(a.shape)))
 
 
-# ---- error measures -------------------------------------------------------------------------------
+# ---- error measures ------------------------------------------------------------------------------
 
 
 def relative_norm_error(out, ref):
@@ -147,9 +147,9 @@ def row_relative_errors(out, ref, floor):
         return np.where(scale > 0, diff / scale, diff)
 
 
-# ---- streams --------------------------------------------------------------------------------------
+# ---- streams -------------------------------------------------------------------------------------
 
-# ~50-100 ms of spinning on an H100: long enough that work issued on another stream would finish first.
+# ~50-100 ms of spinning on an H100: work issued on another stream would finish long before.
 STALL_CYCLES = 100_000_000
 
 

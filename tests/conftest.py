@@ -1,7 +1,7 @@
 """Shared pytest setup.
 
-- Tests marked `gpu` (the marker is declared in pyproject.toml) are skipped, with the reason, when no
-  CUDA device is usable. The probe runs once per session and needs no torch: CI has none.
+- Tests marked `gpu` (the marker is declared in pyproject.toml) are skipped, with the reason,
+  when no CUDA device is usable. The probe runs once per session and needs no torch: CI has none.
   Set MOEKIT_REQUIRE_GPU=1 on a GPU machine to turn that skip into an error, so that a broken driver
   setup cannot pass as "all skipped".
 - `rng`: a NumPy Generator seeded from the test's node id, so every test draws different data and a
@@ -26,7 +26,7 @@ _device_status = None  # (usable: bool, reason: str), probed once
 
 
 def _probe_with_cuda_bindings():
-    """(usable, why not) from the CUDA runtime of cuda-bindings; None if cuda-bindings is missing."""
+    """(usable, why not) from cuda-bindings' CUDA runtime; None if cuda-bindings is missing."""
     try:
         from cuda.bindings import runtime
     except ImportError:
@@ -100,7 +100,7 @@ def pytest_collection_modifyitems(config, items):
         item.add_marker(skip)
 
 
-# ---- per-test random generator ---------------------------------------------------------------------
+# ---- per-test random generator -------------------------------------------------------------------
 
 _SEED_KEY = pytest.StashKey[int]()
 

@@ -59,7 +59,8 @@ LaunchShape choose_shape(int64_t T, int E, int smem_words_per_team, int pipeline
     }
   } else {
     s.block_team = true;
-    s.vpt = E <= 8192 ? 8 : 16;
+    // at most kMaxBlockThreads threads, each holding 8, 16 or 32 elements
+    s.vpt = E <= 8 * kMaxBlockThreads ? 8 : E <= 16 * kMaxBlockThreads ? 16 : 32;
     s.threads = ((E + s.vpt - 1) / s.vpt + 31) / 32 * 32;
     s.blocks = T;
     s.smem_bytes = (size_t)(128 + smem_words_per_team) * 4;
@@ -98,16 +99,22 @@ moekit_status_t check_common(const char* op, moekit_dtype_t dtype, const char* d
   return MOEKIT_SUCCESS;
 }
 
-moekit_status_t check_ptr(const char* op, const char* arg, const void* p, int align) {
+// `required` is false for T == 0: an empty [0, E] buffer is commonly NULL (torch, CuPy).
+moekit_status_t check_ptr(const char* op, const char* arg, const void* p, int align, bool required) {
+  if (p == nullptr && !required) return MOEKIT_SUCCESS;
   MOEKIT_REQUIRE(p != nullptr, "%s: %s must not be null", op, arg);
   MOEKIT_REQUIRE(aligned(p, align), "%s: %s (%p) must be aligned to %d bytes", op, arg, p, align);
   return MOEKIT_SUCCESS;
 }
 
 moekit_status_t check_selection(const char* op, const void* map, moekit_map_format_t map_format, const void* indices,
-                                moekit_dtype_t index_dtype, bool exactly_one) {
+                                moekit_dtype_t index_dtype, bool exactly_one, bool required) {
   MOEKIT_REQUIRE(map_format == MOEKIT_MAP_NONE || map_format == MOEKIT_MAP_BYTEMAP || map_format == MOEKIT_MAP_BITMAP,
                  "%s: map_format (%d) must be none (0), bytemap (1) or bitmap (2)", op, (int)map_format);
+  if (indices != nullptr)
+    MOEKIT_REQUIRE(is_index_dtype(index_dtype), "%s: index_dtype (%s, value %d) must be int32 or int64", op,
+                   dtype_name(index_dtype), (int)index_dtype);
+  if (!required) return check_ptr(op, "topk_indices", indices, dtype_size(index_dtype), false);
   if (map_format == MOEKIT_MAP_NONE) {
     MOEKIT_REQUIRE(map == nullptr, "%s: routing_map (%p) must be null when map_format is none", op, map);
   } else {
@@ -122,13 +129,7 @@ moekit_status_t check_selection(const char* op, const void* map, moekit_map_form
     MOEKIT_REQUIRE(map != nullptr || indices != nullptr,
                    "%s: routing_map and topk_indices are both null: at least one output is needed", op);
   }
-  if (indices != nullptr) {
-    MOEKIT_REQUIRE(is_index_dtype(index_dtype), "%s: index_dtype (%s, value %d) must be int32 or int64", op,
-                   dtype_name(index_dtype), (int)index_dtype);
-    moekit_status_t st = check_ptr(op, "topk_indices", indices, dtype_size(index_dtype));
-    if (st != MOEKIT_SUCCESS) return st;
-  }
-  return MOEKIT_SUCCESS;
+  return check_ptr(op, "topk_indices", indices, dtype_size(index_dtype), false);
 }
 
 void set_pipeline(ForwardArgs& a, const LaunchShape& s, int row_bytes) {
@@ -203,10 +204,11 @@ extern "C" MOEKIT_API moekit_status_t moekit_router_topk_forward(
                                       use_pre_softmax);
     if (st != MOEKIT_SUCCESS) return st;
     const int esize = dtype_size(logits_dtype);
-    if ((st = check_ptr(op, "logits", logits, esize)) != MOEKIT_SUCCESS) return st;
-    if ((st = check_ptr(op, "probs", probs, esize)) != MOEKIT_SUCCESS) return st;
-    if ((st = check_ptr(op, "intermediate", intermediate, 4)) != MOEKIT_SUCCESS) return st;
-    if ((st = check_selection(op, routing_map, map_format, topk_indices, index_dtype, false)) != MOEKIT_SUCCESS)
+    const bool required = num_tokens > 0;
+    if ((st = check_ptr(op, "logits", logits, esize, required)) != MOEKIT_SUCCESS) return st;
+    if ((st = check_ptr(op, "probs", probs, esize, required)) != MOEKIT_SUCCESS) return st;
+    if ((st = check_ptr(op, "intermediate", intermediate, 4, required)) != MOEKIT_SUCCESS) return st;
+    if ((st = check_selection(op, routing_map, map_format, topk_indices, index_dtype, false, required)) != MOEKIT_SUCCESS)
       return st;
     MOEKIT_REQUIRE(num_groups >= 0 && group_topk >= 0, "%s: num_groups (%lld) and group_topk (%lld) must be >= 0", op,
                    (long long)num_groups, (long long)group_topk);
@@ -229,7 +231,7 @@ extern "C" MOEKIT_API moekit_status_t moekit_router_topk_forward(
                      "%s: expert_bias applies only to sigmoid and sqrtsoftplus scores, got softmax", op);
       MOEKIT_REQUIRE(is_float_dtype(bias_dtype), "%s: bias_dtype (%s, value %d) must be float32, float16 or bfloat16",
                      op, dtype_name(bias_dtype), (int)bias_dtype);
-      if ((st = check_ptr(op, "expert_bias", expert_bias, dtype_size(bias_dtype))) != MOEKIT_SUCCESS) return st;
+      if ((st = check_ptr(op, "expert_bias", expert_bias, dtype_size(bias_dtype), true)) != MOEKIT_SUCCESS) return st;
     }
     if (num_tokens == 0) return MOEKIT_SUCCESS;
 
@@ -275,10 +277,11 @@ extern "C" MOEKIT_API moekit_status_t moekit_router_topk_backward(
         check_common(op, grad_dtype, "grad_dtype", num_tokens, num_experts, topk, score_function, use_pre_softmax);
     if (st != MOEKIT_SUCCESS) return st;
     const int esize = dtype_size(grad_dtype);
-    if ((st = check_ptr(op, "grad_probs", grad_probs, esize)) != MOEKIT_SUCCESS) return st;
-    if ((st = check_ptr(op, "intermediate", intermediate, 4)) != MOEKIT_SUCCESS) return st;
-    if ((st = check_ptr(op, "grad_logits", grad_logits, esize)) != MOEKIT_SUCCESS) return st;
-    if ((st = check_selection(op, routing_map, map_format, topk_indices, index_dtype, true)) != MOEKIT_SUCCESS)
+    const bool required = num_tokens > 0;
+    if ((st = check_ptr(op, "grad_probs", grad_probs, esize, required)) != MOEKIT_SUCCESS) return st;
+    if ((st = check_ptr(op, "intermediate", intermediate, 4, required)) != MOEKIT_SUCCESS) return st;
+    if ((st = check_ptr(op, "grad_logits", grad_logits, esize, required)) != MOEKIT_SUCCESS) return st;
+    if ((st = check_selection(op, routing_map, map_format, topk_indices, index_dtype, true, required)) != MOEKIT_SUCCESS)
       return st;
     if (num_tokens == 0) return MOEKIT_SUCCESS;
 

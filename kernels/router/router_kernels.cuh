@@ -634,8 +634,11 @@ __global__ void forward_warp_pipelined_kernel(ForwardArgs a) {
   }
 }
 
+// Block teams have at most kMaxBlockThreads threads, so the compiler may give each 128 registers.
+constexpr int kMaxBlockThreads = 512;
+
 template <typename T, int VEC, int NC>
-__global__ void forward_block_kernel(ForwardArgs a) {
+__global__ void __launch_bounds__(kMaxBlockThreads) forward_block_kernel(ForwardArgs a) {
   extern __shared__ uint32_t smem[];
   BlockTeam team(smem);
   const int64_t row = blockIdx.x;
@@ -653,7 +656,7 @@ __global__ void backward_warp_kernel(BackwardArgs a) {
 }
 
 template <typename T, int VEC, int NC>
-__global__ void backward_block_kernel(BackwardArgs a) {
+__global__ void __launch_bounds__(kMaxBlockThreads) backward_block_kernel(BackwardArgs a) {
   extern __shared__ uint32_t smem[];
   BlockTeam team(smem);
   backward_row<T, VEC, NC>(a, team, (int64_t)blockIdx.x, smem + 128);

@@ -13,7 +13,7 @@ namespace router {
 struct LaunchShape {
   bool block_team;  // one block per row (else one warp per row)
   bool pipelined;   // forward only: persistent warps with cp.async-staged rows
-  int vpt;          // elements per thread: warp 1..32 (powers of 2), block 8 or 16
+  int vpt;          // elements per thread: warp 1..32 (powers of 2), block 8, 16 or 32
   int threads;      // block size
   int64_t blocks;   // blocks to cover every row (a persistent grid takes fewer)
   size_t smem_bytes;
@@ -65,7 +65,7 @@ cudaError_t launch_vpt(const Args& a, const LaunchShape& s, cudaStream_t stream)
   return launch_one(Family::template get<T, VEC, VPT / VEC>(), a, s, stream);
 }
 
-// Warp teams hold 1..32 elements per thread, block teams 8 or 16.
+// Warp teams hold 1..32 elements per thread, block teams 8, 16 or 32.
 template <typename T, class Family, typename Args>
 cudaError_t launch_warp(const Args& a, const LaunchShape& s, cudaStream_t stream) {
   switch (s.vpt) {
@@ -83,6 +83,7 @@ cudaError_t launch_block(const Args& a, const LaunchShape& s, cudaStream_t strea
   switch (s.vpt) {
     case 8: return launch_vpt<T, 8, Family>(a, s, stream);
     case 16: return launch_vpt<T, 16, Family>(a, s, stream);
+    case 32: return launch_vpt<T, 32, Family>(a, s, stream);
   }
   return cudaErrorInvalidConfiguration;
 }

@@ -1,8 +1,10 @@
 """The one interop layer: any framework's array -> (pointer, dtype, shape, strides, device).
 
 Arrays come in through DLPack or the CUDA Array Interface, read with cuda.core's
-StridedMemoryView (never hand-written DLPack parsing); torch tensors take a shortcut through
-their own attributes because that is several times cheaper per call. Outputs are allocated in
+StridedMemoryView (never hand-written DLPack parsing). torch tensors and CuPy arrays are read
+through their own attributes instead: no DLPack capsule per argument (a few microseconds each
+for CuPy; measured on an H100 host, the generic path's Python overhead is ~10-20 us a call over
+the bare ctypes call), and no dependence on how cuda.core names bfloat16. Outputs are allocated in
 the caller's framework. torch / CuPy / JAX are never imported here: a tensor of theirs can only
 exist if they were imported already, so they are looked up in sys.modules.
 
@@ -122,20 +124,30 @@ def _torch_device_array(obj, name):
     return DeviceArray(obj, obj.data_ptr(), dtype_name, obj.shape, strides, obj.get_device(), "torch")
 
 
+def _cupy_device_array(obj):
+    # CuPy arrays always live on a device; their attributes are cheaper than a DLPack export.
+    strides = None if obj.flags.c_contiguous else tuple(s // obj.itemsize for s in obj.strides)
+    return DeviceArray(obj, obj.data.ptr, _dtype_name(obj.dtype, obj), obj.shape, strides, obj.device.id, "cupy")
+
+
 def as_device_array(obj, name):
     """Describe `obj` (argument `name`) for a C call. It must live in CUDA device memory."""
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(obj, torch.Tensor):
         return _torch_device_array(obj, name)
+    cupy = sys.modules.get("cupy")
+    if cupy is not None and isinstance(obj, cupy.ndarray):
+        return _cupy_device_array(obj)
     if isinstance(obj, np.ndarray) or np.isscalar(obj):
         raise ValueError(f"{name} must be a CUDA device array, got {_describe(obj)} in host memory")
     framework = _framework_of(obj)
     consumer_stream = -1  # no ordering: the caller's stream choice orders the launch
     if framework == "jax":
         # JAX arrays carry no stream we could order against: wait for the producer instead.
-        # (JAX's DLPack export rejects stream -1 on some arrays: ask it for none.)
+        # JAX's DLPack export fails on stream -1 (invalid handle), so name the legacy default
+        # stream (DLPack's 1), which the wait has already satisfied.
         obj.block_until_ready()
-        consumer_stream = None
+        consumer_stream = 1
     try:
         view = _strided_memory_view().from_any_interface(obj, stream_ptr=consumer_stream)
     except Exception as error:
@@ -235,11 +247,7 @@ def stream_handle(stream, reference):
         if framework == "torch":
             return torch_current_stream(reference.device_id)
         if framework == "cupy":
-            cuda = sys.modules["cupy"].cuda
-            if reference.device_id is None:
-                return cuda.get_current_stream().ptr
-            with cuda.Device(reference.device_id):
-                return cuda.get_current_stream().ptr
+            return sys.modules["cupy"].cuda.get_current_stream(reference.device_id).ptr
         return 0
     if isinstance(stream, int) and not isinstance(stream, bool):
         return stream
@@ -266,8 +274,11 @@ def launch(framework, device_id, stream, function, *args):
             return function(*args)
         with cuda.device(device_id):
             return function(*args)
-    if framework == "cupy" and device_id is not None:
-        with sys.modules["cupy"].cuda.Device(device_id):
+    if framework == "cupy":
+        cuda = sys.modules["cupy"].cuda
+        if cuda.runtime.getDevice() == device_id:
+            return function(*args)
+        with cuda.Device(device_id):
             return function(*args)
     status = function(*args)
     if framework == "jax" and status == 0:

@@ -23,7 +23,7 @@ from ._lib import DType, MapFormat, ScoreFunction
 
 __all__ = ["router_topk_forward", "router_topk_backward"]
 
-_SCORE_FUNCTIONS = {
+SCORE_FUNCTIONS = {
     "softmax": ScoreFunction.SOFTMAX,
     "sigmoid": ScoreFunction.SIGMOID,
     "sqrtsoftplus": ScoreFunction.SQRTSOFTPLUS,
@@ -68,7 +68,7 @@ def router_topk_forward(
     stream: int handle, framework stream, or object with __cuda_stream__; default: the
     current stream of the logits' framework.
     """
-    score_code = choice(score_function, "score_function", _SCORE_FUNCTIONS)
+    score_code = choice(score_function, "score_function", SCORE_FUNCTIONS)
     map_code = choice(map_format, "map_format", _MAP_FORMATS)
     index_dtype = choice(index_dtype, "index_dtype", _INDEX_DTYPES)
     topk = int64_arg(topk, "topk")
@@ -135,7 +135,7 @@ def router_topk_backward(
     """Gradient of router_topk_forward's probs w.r.t. the logits -> grad_logits [T, E] in
     grad_probs' dtype. Takes the forward's intermediate and its routing map or indices, with the
     same options. out: an optional [T, E] array to write into."""
-    score_code = choice(score_function, "score_function", _SCORE_FUNCTIONS)
+    score_code = choice(score_function, "score_function", SCORE_FUNCTIONS)
     map_code = choice(map_format, "map_format", _MAP_FORMATS)
     topk = int64_arg(topk, "topk")
     scaling_factor = float_arg(scaling_factor, "scaling_factor")

@@ -12,25 +12,13 @@ from typing import Optional, Tuple
 import torch
 
 from . import _lib
-from ._array import launch, torch_current_stream
-from ._lib import DType, MapFormat, ScoreFunction
+from ._array import choice, launch, torch_current_stream
+from ._lib import DType, MapFormat
+from .router import SCORE_FUNCTIONS
 
 __all__ = ["fused_topk_with_score_function"]
 
-_SCORE_FUNCTIONS = {
-    "softmax": ScoreFunction.SOFTMAX,
-    "sigmoid": ScoreFunction.SIGMOID,
-    "sqrtsoftplus": ScoreFunction.SQRTSOFTPLUS,
-}
 _FLOAT_DTYPES = {torch.float32: DType.F32, torch.float16: DType.F16, torch.bfloat16: DType.BF16}
-
-
-def _score_code(score_function):
-    try:
-        return _SCORE_FUNCTIONS[score_function]
-    except KeyError:
-        allowed = ", ".join(repr(name) for name in _SCORE_FUNCTIONS)
-        raise ValueError(f"score_function must be one of {allowed}, got {score_function!r}") from None
 
 
 def _float_cuda_2d(tensor, name):
@@ -57,7 +45,7 @@ def router_topk_forward(
     expert_bias: Optional[torch.Tensor],
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """-> (probs [T, E] logits dtype, routing_map [T, E] bool, intermediate [T, E] float32)."""
-    score_code = _score_code(score_function)
+    score_code = choice(score_function, "score_function", SCORE_FUNCTIONS)
     logits, logits_dtype = _float_cuda_2d(logits, "logits")
     num_tokens, num_experts = logits.shape
     bias_ptr, bias_dtype = None, DType.F32
@@ -94,6 +82,7 @@ def router_topk_forward(
 def _router_topk_forward_fake(
     logits, topk, score_function, use_pre_softmax, num_groups, group_topk, scaling_factor, expert_bias
 ):
+    choice(score_function, "score_function", SCORE_FUNCTIONS)  # fail while tracing, not at run time
     shape = logits.shape
     return (
         logits.new_empty(shape),
@@ -113,7 +102,7 @@ def router_topk_backward(
     scaling_factor: float,
 ) -> torch.Tensor:
     """-> grad_logits [T, E] in grad_probs' dtype, from the forward's intermediate and routing map."""
-    score_code = _score_code(score_function)
+    score_code = choice(score_function, "score_function", SCORE_FUNCTIONS)
     grad_probs, grad_dtype = _float_cuda_2d(grad_probs, "grad_probs")
     shape = grad_probs.shape
     for tensor, name, dtypes in (

@@ -1,0 +1,89 @@
+"""Where radix select starts to beat the iterative arg-max in the router forward.
+
+The library reads MOEKIT_ROUTER_RADIX_MIN_K once per process, so each path is timed in its own
+child process (K >= 1: radix everywhere; K >= 99999: iterative everywhere) over the same grid of
+(E, K), softmax-post, T = 65536. Prints, per E, the time of both paths and the first K at which
+radix wins: the default in kernels/router/router.cu comes from this table (bench/NOTES.md).
+
+    python bench/router_crossover.py [--dtype bf16] [--tokens 65536] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common  # noqa: E402
+
+EXPERTS = (128, 256, 512, 1024, 2304)
+TOPKS = (2, 4, 6, 8, 12, 16, 22, 32)
+MODES = {"radix": "1", "iterative": "99999"}
+
+
+def child(dtype_name: str, tokens: int) -> None:
+    """Times every (E, K) with whatever path this process's environment selects; JSON on stdout."""
+    torch = _common.import_torch()
+    import moekit
+
+    dtype = {"bf16": torch.bfloat16, "f32": torch.float32}[dtype_name]
+    l2 = _common.l2_bytes(torch)
+    out = {}
+    for E in EXPERTS:
+        per_set = tokens * E * (2 * torch.finfo(dtype).bits // 8 + 5)
+        sets = _common.rotation_count(per_set, l2)
+        xs = [(torch.randn(tokens, E, device="cuda") * 2).to(dtype) for _ in range(sets)]
+        probs = torch.empty(tokens, E, device="cuda", dtype=dtype)
+        rmap = torch.empty(tokens, E, device="cuda", dtype=torch.bool)
+        inter = torch.empty(tokens, E, device="cuda", dtype=torch.float32)
+        for K in TOPKS:
+            if K > E:
+                continue
+
+            def fwd(x, K=K):
+                moekit.router_topk_forward(x, K, score_function="softmax", out=(probs, rmap, inter))
+
+            out[f"{E},{K}"] = _common.time_fn(fwd, [(x,) for x in xs], reps=30)["us"]
+        del xs
+    print(json.dumps(out))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dtype", default="bf16", choices=("bf16", "f32"))
+    ap.add_argument("--tokens", type=int, default=65536)
+    ap.add_argument("--out", default=_common.DEFAULT_OUT_DIR)
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        child(args.dtype, args.tokens)
+        return 0
+
+    times = {}
+    for mode, min_k in MODES.items():
+        env = dict(os.environ, MOEKIT_ROUTER_RADIX_MIN_K=min_k)
+        done = subprocess.run([sys.executable, __file__, "--child", "--dtype", args.dtype, "--tokens",
+                               str(args.tokens)], env=env, capture_output=True, text=True, check=True)
+        times[mode] = json.loads(done.stdout.strip().splitlines()[-1])
+
+    headers = ["E", "K", "iterative us", "radix us", "radix/iter", "winner"]
+    rows, first_radix = [], {}
+    for key in times["radix"]:
+        E, K = (int(v) for v in key.split(","))
+        it, rx = times["iterative"][key], times["radix"][key]
+        rows.append([E, K, f"{it:.1f}", f"{rx:.1f}", f"{rx / it:.2f}", "radix" if rx < it else "iterative"])
+        if rx < it and E not in first_radix:
+            first_radix[E] = K
+    _common.write_json(args.out, "router_crossover", {"dtype": args.dtype, "tokens": args.tokens,
+                                                       "times_us": times, "first_radix_k": first_radix})
+    print(f"router top-k crossover, softmax-post forward, T={args.tokens}, {args.dtype}")
+    print(_common.format_table(headers, rows))
+    print("first K where radix wins, per E: " + ", ".join(f"E={e}: K={k}" for e, k in first_radix.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
