@@ -25,26 +25,12 @@ if CUDAARCHS=$arch python3 -m pip install --no-build-isolation --no-deps -v . >"
 else
   tail -40 "$OUT/build.log"; echo "BUILD FAILED"; exit 1
 fi
-python3 -m moekit info 2>&1 | tee "$OUT/info.log"
+python3 -m moekit info 2>&1
 
 if [ "${TESTS:-1}" = 1 ]; then
   note "pytest"
   python3 -m pytest -q -p no:cacheprovider ${PYTEST_ARGS:-} 2>&1 | tee "$OUT/pytest.log"
   summary+=("pytest: $(grep -E '(passed|failed|error|no tests ran).* in [0-9.]+s' "$OUT/pytest.log" | tail -1)")
-fi
-
-if [ "${SANITIZER:-1}" = 1 ]; then
-  note "compute-sanitizer memcheck"
-  # default tuning; then no pipeline + radix everywhere; then iterative everywhere
-  for env in "" "MOEKIT_ROUTER_PIPELINE=0 MOEKIT_ROUTER_RADIX_MIN_K=1" "MOEKIT_ROUTER_RADIX_MIN_K=99999"; do
-    env $env compute-sanitizer --tool memcheck --error-exitcode 9 python3 scripts/sanitize_cases.py \
-      >"$OUT/memcheck-run.log" 2>&1
-    rc=$?
-    { echo "### ${env:-defaults}: exit $rc"; cat "$OUT/memcheck-run.log"; } >>"$OUT/memcheck.log"
-    grep -E "MISMATCH|ERROR SUMMARY" "$OUT/memcheck-run.log" | tail -3
-    summary+=("memcheck [${env:-defaults}]: exit $rc, $(grep -E 'ERROR SUMMARY' "$OUT/memcheck-run.log" | tail -1)")
-    rm -f "$OUT/memcheck-run.log"
-  done
 fi
 
 if [ "${CROSSOVER:-0}" = 1 ]; then
@@ -55,6 +41,20 @@ fi
 if [ "${BENCH:-1}" = 1 ]; then
   note "benchmarks"
   python3 bench/run.py --out "$OUT" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log"
+fi
+
+if [ "${SANITIZER:-1}" = 1 ]; then
+  note "compute-sanitizer memcheck"
+  # default tuning (radix for large K, pipelined warps); then iterative top-k everywhere, no pipeline
+  for env in "" "MOEKIT_ROUTER_PIPELINE=0 MOEKIT_ROUTER_RADIX_MIN_K=99999"; do
+    env $env compute-sanitizer --tool memcheck --error-exitcode 9 python3 scripts/sanitize_cases.py \
+      >"$OUT/memcheck-run.log" 2>&1
+    rc=$?
+    { echo "### ${env:-defaults}: exit $rc"; cat "$OUT/memcheck-run.log"; } >>"$OUT/memcheck.log"
+    grep -E "MISMATCH|ERROR SUMMARY" "$OUT/memcheck-run.log" | tail -3
+    summary+=("memcheck [${env:-defaults}]: exit $rc, $(grep -E 'ERROR SUMMARY' "$OUT/memcheck-run.log" | tail -1)")
+    rm -f "$OUT/memcheck-run.log"
+  done
 fi
 
 # The device tool brings back at most 8 files: pack everything into one archive.
