@@ -30,7 +30,8 @@ python3 -m moekit info 2>&1
 if [ "${TESTS:-1}" = 1 ]; then
   note "pytest"
   python3 -m pytest -q -p no:cacheprovider ${PYTEST_ARGS:-} 2>&1 | tee "$OUT/pytest.log"
-  summary+=("pytest: $(grep -E '(passed|failed|error|no tests ran).* in [0-9.]+s' "$OUT/pytest.log" | tail -1)")
+  rc=${PIPESTATUS[0]}
+  summary+=("pytest: exit $rc, $(grep -E '(passed|failed|error|no tests ran).* in [0-9.]+s' "$OUT/pytest.log" | tail -1)")
 fi
 
 if [ "${CROSSOVER:-0}" = 1 ]; then

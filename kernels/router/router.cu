@@ -9,11 +9,19 @@ namespace moekit {
 namespace router {
 namespace {
 
-// Tuning knobs. Defaults are measured on an H100 (bench/NOTES.md); the environment overrides them.
-// Radix select from this K on (iterative arg-max below it).
-int radix_min_k() {
-  static const int v = env_int("MOEKIT_ROUTER_RADIX_MIN_K", 12);
-  return v;
+// Tuning knobs. Defaults are measured on an H100 (bench/router_crossover.py, bench/NOTES.md);
+// the environment overrides them.
+//
+// Radix select from this K on, iterative arg-max below it. The iterative path costs about one
+// team arg-max per selected expert; radix select costs about the same for any K. Measured first K
+// at which radix wins (softmax-post forward, T = 65536, bf16): E = 128: 12; E = 256 and 512: 6;
+// E = 1024: 12 (32 histogram atomics per lane per pass); block teams (E = 2304): 4.
+int radix_min_k(int E) {
+  static const int forced = env_int("MOEKIT_ROUTER_RADIX_MIN_K", 0);
+  if (forced > 0) return forced;
+  if (E > 1024) return 4;
+  if (E <= 128 || E > 512) return 12;
+  return 6;
 }
 // Rows up to this many experts go to one warp each, longer rows to one block each (at most 1024).
 int warp_max_experts() {
@@ -253,7 +261,7 @@ extern "C" MOEKIT_API moekit_status_t moekit_router_topk_forward(
                                                       : kSqrtSoftplus;
     a.map_kind = map_format == MOEKIT_MAP_BYTEMAP ? kMapBytes : map_format == MOEKIT_MAP_BITMAP ? kMapBits : kMapNone;
     a.idx64 = index_dtype == MOEKIT_DTYPE_I64;
-    a.radix = topk >= radix_min_k();
+    a.radix = topk >= radix_min_k((int)num_experts);
     a.scale = scaling_factor;
     // team shared memory: radix histogram (+ pick), group keys, sorted-index list
     const int words = 256 + 4 + a.G + ((a.radix && topk_indices != nullptr) ? 2 * a.K : 0);
