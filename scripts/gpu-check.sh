@@ -29,9 +29,10 @@ python3 -m moekit info 2>&1
 
 if [ "${TESTS:-1}" = 1 ]; then
   note "pytest"
-  python3 -m pytest -q -p no:cacheprovider ${PYTEST_ARGS:-} 2>&1 | tee "$OUT/pytest.log"
+  python3 -m pytest -q -p no:cacheprovider --junitxml="$OUT/junit.xml" ${PYTEST_ARGS:-} 2>&1 | tee "$OUT/pytest.log"
   rc=${PIPESTATUS[0]}
-  summary+=("pytest: exit $rc, $(grep -E '(passed|failed|error|no tests ran).* in [0-9.]+s' "$OUT/pytest.log" | tail -1)")
+  counts=$(python3 -c "import sys, xml.etree.ElementTree as E; s = E.parse(sys.argv[1]).getroot(); s = s if s.tag == 'testsuite' else s[0]; print(', '.join(f'{k} {s.get(k)}' for k in ('tests', 'failures', 'errors', 'skipped')))" "$OUT/junit.xml" 2>&1)
+  summary+=("pytest: exit $rc, $(grep -E '(passed|failed|error|no tests ran).* in [0-9.]+s' "$OUT/pytest.log" | tail -1) [junit: $counts]")
 fi
 
 if [ "${CROSSOVER:-0}" = 1 ]; then
