@@ -192,6 +192,15 @@ def test_status_string_names_each_status():
     assert _lib.status_string(12345), "an unknown status must still get a (non-empty) name"
 
 
+def test_last_error_survives_a_later_success():
+    # moekit.h: the message of the thread's last FAILED call, not cleared by a success.
+    assert forward(topk=0) == INVALID
+    message = _lib.last_error()
+    assert "topk" in message
+    assert forward(num_tokens=0) == Status.SUCCESS
+    assert _lib.last_error() == message
+
+
 def test_last_error_is_per_thread():
     assert forward(topk=0) == INVALID
     mine = _lib.last_error()

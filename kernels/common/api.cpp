@@ -26,8 +26,6 @@ moekit_status_t fail(moekit_status_t status, const char* fmt, ...) {
   return status;
 }
 
-void clear_error() { g_last_error[0] = '\0'; }
-
 moekit_status_t cuda_fail(const char* op, const char* what, cudaError_t err) {
   return fail(MOEKIT_CUDA_ERROR, "%s: %s failed: %s (%s)", op, what, cudaGetErrorString(err),
               cudaGetErrorName(err));

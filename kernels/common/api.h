@@ -19,14 +19,12 @@ moekit_status_t fail(moekit_status_t status, const char* fmt, ...)
     __attribute__((format(printf, 2, 3)))
 #endif
     ;
-void clear_error();
 
 // Runs `body` (returning moekit_status_t) so that no C++ exception crosses the C boundary.
 template <class Body>
 moekit_status_t guarded(const char* op, Body&& body) noexcept {
   try {
-    clear_error();
-    return body();
+    return body();  // a success leaves the last failure's message in place (moekit.h)
   } catch (const std::bad_alloc&) {
     return fail(MOEKIT_INTERNAL, "%s: host out of memory", op);
   } catch (const std::exception& e) {
