@@ -455,6 +455,7 @@ def parse_args(argv=None):
     ap.add_argument("--dtypes", default=",".join(DTYPES), help="comma-separated: bf16,f32 (f16 also works)")
     ap.add_argument("--tokens", default="", help="comma-separated T values (default 8192,65536)")
     ap.add_argument("--out", default=C.DEFAULT_OUT_DIR, help="directory for router.json / router.png")
+    ap.add_argument("--no-eager", action="store_true", help="skip the torch eager peer")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile peer")
     ap.add_argument("--no-te", action="store_true", help="skip TransformerEngine even if it imports")
     ap.add_argument("--no-plot", action="store_true")
@@ -518,7 +519,7 @@ def main(argv=None):
         t_start = time.time()
         for row in rows:
             for dtype in dtypes:
-                peers = {"torch eager": {"fn": make_torch_fn(row)}}
+                peers = {"torch eager": {"reason": "--no-eager"} if args.no_eager else {"fn": make_torch_fn(row)}}
                 if args.no_compile:
                     peers["torch.compile"] = {"reason": "--no-compile"}
                 else:
