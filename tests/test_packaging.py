@@ -151,3 +151,14 @@ def test_wheel_contents():
         assert f"moekit/{required}" in names, required
     assert [n for n in names if "libmoekit" in n] == [f"moekit/{LIBRARY}"]
     assert [n for n in names if not n.startswith(("moekit/", "moekit-"))] == []
+
+
+def test_command_line_entry_point():
+    # `moekit info` (console script) and `python -m moekit info` work without a GPU.
+    scripts = {ep.name: ep.value for ep in importlib.metadata.entry_points(group="console_scripts")}
+    assert scripts.get("moekit") == "moekit.__main__:main"
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "moekit", "info"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "libmoekit.so.1" in done.stdout and "ABI 1" in done.stdout, done.stdout
