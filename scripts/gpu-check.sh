@@ -3,6 +3,7 @@
 #   scripts/gpu-check.sh                 everything
 #   TESTS=0 scripts/gpu-check.sh         skip pytest;  SANITIZER=0 / BENCH=0 likewise
 #   CROSSOVER=1 scripts/gpu-check.sh     also time radix vs iterative top-k (bench/router_crossover.py)
+#   DEV=1 scripts/gpu-check.sh           also build and run dev/*.cu (kernel candidates, checked against the library)
 #   PYTEST_ARGS="-k ties" BENCH_ARGS="--quick" scripts/gpu-check.sh
 # Logs and JSON go to $OUT (the device tool's output folder) or ./gpu-check-out.
 set -uo pipefail
@@ -33,6 +34,12 @@ if [ "${TESTS:-1}" = 1 ]; then
   rc=${PIPESTATUS[0]}
   counts=$(python3 -c "import sys, xml.etree.ElementTree as E; s = E.parse(sys.argv[1]).getroot(); s = s if s.tag == 'testsuite' else s[0]; print(', '.join(f'{k} {s.get(k)}' for k in ('tests', 'failures', 'errors', 'skipped')))" "$OUT/junit.xml" 2>&1)
   summary+=("pytest: exit $rc, $(grep -E '(passed|failed|error|no tests ran).* in [0-9.]+s' "$OUT/pytest.log" | tail -1) [junit: $counts]")
+fi
+
+if [ "${DEV:-0}" = 1 ]; then
+  note "dev/router_forward_variants.cu (candidate forward kernels next to the library's)"
+  nvcc -O3 -std=c++17 -gencode=arch=compute_${arch},code=sm_${arch} --expt-relaxed-constexpr -Iinclude -Ikernels \
+    dev/router_forward_variants.cu -o /tmp/router_forward_variants && /tmp/router_forward_variants 2>&1 | tee "$OUT/dev.log"
 fi
 
 if [ "${CROSSOVER:-0}" = 1 ]; then

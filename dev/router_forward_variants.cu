@@ -1,0 +1,396 @@
+// Router forward: the library's kernel next to candidate rewrites, on one page (llm.c dev/cuda style).
+// Not part of libmoekit. Softmax-post, bf16 logits, bytemap, no groups: the rows where the forward
+// is furthest from the copy ceiling (bench/NOTES.md v1). Every variant is checked bit for bit
+// against the library's kernel (same arithmetic order) before it is timed.
+//
+//   nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a --expt-relaxed-constexpr \
+//        -Iinclude -Ikernels dev/router_forward_variants.cu -o /tmp/rfv && /tmp/rfv [T]
+//
+// Variants:
+//   copy      reads logits, writes probs/map/intermediate with the same per-lane layout and no
+//             top-k: what this access pattern can reach (the practical floor of the op).
+//   library   forward_warp_kernel (non-pipelined) and forward_warp_pipelined_kernel, iterative top-k.
+//   lean      warp per row; a round is max over the lane's keys, one redux.max, the lane's first
+//             position holding the maximum, one redux.min over indices, and the winner's key
+//             cleared to 0 (no range checks, no taken-bit tests): 31 SASS instructions per round
+//             at E = 128 against the library's 55 (cuobjdump, sm_90a).
+//   subwarpN  the lean round on N lanes per row (32/N rows per warp), 16-byte chunks per lane,
+//             shuffle trees of log2(N) steps.
+// Timing: CUDA events, median of 15 samples of 20 launches, inputs rotated over > 4x L2.
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "router/router_kernels.cuh"
+
+using namespace moekit;
+using namespace moekit::router;
+using bf16 = __nv_bfloat16;
+
+#define CHECK(x)                                                                          \
+  do {                                                                                    \
+    cudaError_t e_ = (x);                                                                 \
+    if (e_ != cudaSuccess) {                                                              \
+      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
+      std::exit(1);                                                                       \
+    }                                                                                     \
+  } while (0)
+
+// ---- copy: same loads and stores as the forward, no selection --------------------------------
+template <int VEC, int NC>
+__global__ void copy_kernel(ForwardArgs a) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int64_t row = (int64_t)blockIdx.x * (blockDim.x >> 5) + warp;
+  if (row >= a.T) return;
+  const int64_t off = row * a.E;
+#pragma unroll
+  for (int c = 0; c < NC; ++c) {
+    const int e0 = (c * 32 + lane) * VEC;
+    float x[VEC];
+    load_chunk<bf16, VEC>(static_cast<const bf16*>(a.logits) + off, e0, a.E, true, 0.0f, x);
+    uint8_t mb[VEC];
+#pragma unroll
+    for (int v = 0; v < VEC; ++v) mb[v] = x[v] > 0.0f;
+    store_chunk<bf16, VEC>(static_cast<bf16*>(a.probs) + off, e0, a.E, true, x);
+    store_chunk<float, VEC>(a.intermediate + off, e0, a.E, true, x);
+    store_bytes<VEC>(a.map + off, e0, a.E, true, mb);
+  }
+}
+
+// ---- lean iterative top-k, warp per row ------------------------------------------------------
+template <int VEC, int NC>
+__global__ void lean_kernel(ForwardArgs a) {
+  constexpr int VPT = VEC * NC;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int64_t row = (int64_t)blockIdx.x * (blockDim.x >> 5) + warp;
+  if (row >= a.T) return;
+  const int64_t off = row * a.E;
+  float s[VPT];
+  uint32_t key[VPT];
+#pragma unroll
+  for (int c = 0; c < NC; ++c) {
+    float t[VEC];
+    load_chunk<bf16, VEC>(static_cast<const bf16*>(a.logits) + off, (c * 32 + lane) * VEC, a.E, true, -INFINITY, t);
+#pragma unroll
+    for (int v = 0; v < VEC; ++v) {
+      s[c * VEC + v] = t[v];
+      key[c * VEC + v] = (c * 32 + lane) * VEC + v < a.E ? order_key(t[v]) : kAbsentKey;
+    }
+  }
+  // K rounds; a chosen key becomes kAbsentKey (real keys are >= kNanKey), so the selection is
+  // "was real, is now absent" at the end.
+  uint32_t real = 0;
+#pragma unroll
+  for (int p = 0; p < VPT; ++p) real |= (uint32_t)(key[p] != kAbsentKey) << p;
+#pragma unroll 1
+  for (int r = 0; r < a.K; ++r) {
+    uint32_t m = key[0];
+#pragma unroll
+    for (int p = 1; p < VPT; ++p) m = max(m, key[p]);
+    const uint32_t M = __reduce_max_sync(kFullMask, m);
+    uint32_t idx = 0xffffffffu;
+#pragma unroll
+    for (int p = VPT - 1; p >= 0; --p)  // descending, so the lowest position wins
+      if (key[p] == M) idx = (uint32_t)((p / VEC * 32 + lane) * VEC + p % VEC);
+    const uint32_t W = __reduce_min_sync(kFullMask, idx);
+#pragma unroll
+    for (int p = 0; p < VPT; ++p)
+      if ((uint32_t)((p / VEC * 32 + lane) * VEC + p % VEC) == W) key[p] = kAbsentKey;
+    if (a.indices != nullptr && lane == 0) static_cast<int32_t*>(a.indices)[row * a.K + r] = (int32_t)W;
+  }
+  uint32_t sel = 0;
+#pragma unroll
+  for (int p = 0; p < VPT; ++p) sel |= (uint32_t)(((real >> p) & 1) && key[p] == kAbsentKey) << p;
+  // softmax over the selected logits: same operations, same order as forward_row
+  float m = -INFINITY;
+#pragma unroll
+  for (int p = 0; p < VPT; ++p)
+    if ((sel >> p) & 1) m = fmaxf(m, s[p]);
+  m = warp_max(m);
+  float w[VPT], z = 0.0f;
+#pragma unroll
+  for (int p = 0; p < VPT; ++p) {
+    w[p] = ((sel >> p) & 1) ? expf(s[p] - m) : 0.0f;
+    z += w[p];
+  }
+  const float inv = 1.0f / warp_sum(z);
+#pragma unroll
+  for (int c = 0; c < NC; ++c) {
+    const int e0 = (c * 32 + lane) * VEC;
+    float pr[VEC], im[VEC];
+    uint8_t mb[VEC];
+#pragma unroll
+    for (int v = 0; v < VEC; ++v) {
+      const int p = c * VEC + v;
+      const bool on = (sel >> p) & 1;
+      const float wp = w[p] * inv;
+      pr[v] = on ? wp * a.scale : 0.0f;
+      im[v] = on ? wp : -INFINITY;
+      mb[v] = on;
+    }
+    store_chunk<bf16, VEC>(static_cast<bf16*>(a.probs) + off, e0, a.E, true, pr);
+    store_chunk<float, VEC>(a.intermediate + off, e0, a.E, true, im);
+    store_bytes<VEC>(a.map + off, e0, a.E, true, mb);
+  }
+}
+
+// ---- lean iterative top-k, LANES lanes per row (32 / LANES rows per warp) ---------------------
+// 16-byte accesses even at E = 128, log2(LANES)-step shuffle trees, more rows in flight per warp.
+// The reduction trees differ from the library's, so probs may differ in the last bit; the
+// selection (map, indices) must be identical.
+template <int LANES>
+__device__ __forceinline__ uint32_t team_max_u32(uint32_t v) {
+#pragma unroll
+  for (int o = LANES / 2; o > 0; o >>= 1) v = max(v, __shfl_xor_sync(kFullMask, v, o));
+  return v;
+}
+template <int LANES>
+__device__ __forceinline__ uint32_t team_min_u32(uint32_t v) {
+#pragma unroll
+  for (int o = LANES / 2; o > 0; o >>= 1) v = min(v, __shfl_xor_sync(kFullMask, v, o));
+  return v;
+}
+template <int LANES>
+__device__ __forceinline__ float team_maxf(float v) {
+#pragma unroll
+  for (int o = LANES / 2; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(kFullMask, v, o));
+  return v;
+}
+template <int LANES>
+__device__ __forceinline__ float team_sumf(float v) {
+#pragma unroll
+  for (int o = LANES / 2; o > 0; o >>= 1) v += __shfl_xor_sync(kFullMask, v, o);
+  return v;
+}
+
+template <int LANES, int VEC, int NC>
+__global__ void subwarp_kernel(ForwardArgs a) {
+  constexpr int VPT = VEC * NC;
+  const int lane = threadIdx.x & 31, t = lane % LANES;
+  const int64_t row = ((int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5)) * (32 / LANES) + lane / LANES;
+  const bool live = row < a.T;  // dead teams still take part in the shuffles
+  const int64_t off = (live ? row : 0) * a.E;
+  auto index = [&](int p) { return (uint32_t)(((p / VEC) * LANES + t) * VEC + p % VEC); };
+  float s[VPT];
+  uint32_t key[VPT];
+#pragma unroll
+  for (int c = 0; c < NC; ++c) {
+    float x[VEC];
+    load_chunk<bf16, VEC>(static_cast<const bf16*>(a.logits) + off, (c * LANES + t) * VEC, a.E, true, -INFINITY, x);
+#pragma unroll
+    for (int v = 0; v < VEC; ++v) {
+      s[c * VEC + v] = x[v];
+      key[c * VEC + v] = (int)index(c * VEC + v) < a.E ? order_key(x[v]) : kAbsentKey;
+    }
+  }
+  uint32_t real = 0;
+#pragma unroll
+  for (int p = 0; p < VPT; ++p) real |= (uint32_t)(key[p] != kAbsentKey) << p;
+#pragma unroll 1
+  for (int r = 0; r < a.K; ++r) {
+    uint32_t m = key[0];
+#pragma unroll
+    for (int p = 1; p < VPT; ++p) m = max(m, key[p]);
+    const uint32_t M = team_max_u32<LANES>(m);
+    uint32_t idx = 0xffffffffu;
+#pragma unroll
+    for (int p = VPT - 1; p >= 0; --p)
+      if (key[p] == M) idx = index(p);
+    const uint32_t W = team_min_u32<LANES>(idx);
+#pragma unroll
+    for (int p = 0; p < VPT; ++p)
+      if (index(p) == W) key[p] = kAbsentKey;
+    if (live && a.indices != nullptr && t == 0) static_cast<int32_t*>(a.indices)[row * a.K + r] = (int32_t)W;
+  }
+  uint32_t sel = 0;
+#pragma unroll
+  for (int p = 0; p < VPT; ++p) sel |= (uint32_t)(((real >> p) & 1) && key[p] == kAbsentKey) << p;
+  float m = -INFINITY;
+#pragma unroll
+  for (int p = 0; p < VPT; ++p)
+    if ((sel >> p) & 1) m = fmaxf(m, s[p]);
+  m = team_maxf<LANES>(m);
+  float w[VPT], z = 0.0f;
+#pragma unroll
+  for (int p = 0; p < VPT; ++p) {
+    w[p] = ((sel >> p) & 1) ? expf(s[p] - m) : 0.0f;
+    z += w[p];
+  }
+  const float inv = 1.0f / team_sumf<LANES>(z);
+  if (!live) return;
+#pragma unroll
+  for (int c = 0; c < NC; ++c) {
+    const int e0 = (c * LANES + t) * VEC;
+    float pr[VEC], im[VEC];
+    uint8_t mb[VEC];
+#pragma unroll
+    for (int v = 0; v < VEC; ++v) {
+      const int p = c * VEC + v;
+      const bool on = (sel >> p) & 1;
+      const float wp = w[p] * inv;
+      pr[v] = on ? wp * a.scale : 0.0f;
+      im[v] = on ? wp : -INFINITY;
+      mb[v] = on;
+    }
+    store_chunk<bf16, VEC>(static_cast<bf16*>(a.probs) + off, e0, a.E, true, pr);
+    store_chunk<float, VEC>(a.intermediate + off, e0, a.E, true, im);
+    store_bytes<VEC>(a.map + off, e0, a.E, true, mb);
+  }
+}
+
+// ---- harness ---------------------------------------------------------------------------------
+struct Buffers {
+  bf16* x;
+  bf16* probs;
+  uint8_t* map;
+  float* inter;
+  int32_t* idx;
+};
+
+template <typename Launch>
+float time_us(Launch launch, int sets) {
+  cudaEvent_t a, b;
+  CHECK(cudaEventCreate(&a));
+  CHECK(cudaEventCreate(&b));
+  for (int i = 0; i < 3 * sets; ++i) launch(i % sets);
+  std::vector<float> samples;
+  for (int s = 0; s < 15; ++s) {
+    CHECK(cudaEventRecord(a));
+    for (int i = 0; i < 20; ++i) launch(i % sets);
+    CHECK(cudaEventRecord(b));
+    CHECK(cudaEventSynchronize(b));
+    float ms;
+    CHECK(cudaEventElapsedTime(&ms, a, b));
+    samples.push_back(ms * 1000.0f / 20);
+  }
+  CHECK(cudaGetLastError());
+  std::sort(samples.begin(), samples.end());
+  return samples[samples.size() / 2];
+}
+
+template <int VEC, int NC>
+void run_case(int64_t T, int E, int K, float copy_gbs) {
+  const size_t n = (size_t)T * E;
+  const size_t bytes = n * (2 + 2 + 1 + 4);
+  int l2 = 0;
+  CHECK(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, 0));
+  const int sets = (int)std::max<size_t>(2, (4 * (size_t)l2 + bytes - 1) / bytes);
+  std::vector<Buffers> bufs(sets);
+  std::vector<bf16> host(n);
+  srand(1234);
+  for (auto& b : bufs) {
+    for (size_t i = 0; i < n; ++i) host[i] = __float2bfloat16(((rand() & 0xffff) / 65536.0f - 0.5f) * 8.0f);
+    CHECK(cudaMalloc(&b.x, n * 2));
+    CHECK(cudaMalloc(&b.probs, n * 2));
+    CHECK(cudaMalloc(&b.map, n));
+    CHECK(cudaMalloc(&b.inter, n * 4));
+    CHECK(cudaMalloc(&b.idx, (size_t)T * K * 4));
+    CHECK(cudaMemcpy(b.x, host.data(), n * 2, cudaMemcpyHostToDevice));
+  }
+  auto args = [&](const Buffers& b) {
+    ForwardArgs a{};
+    a.logits = b.x;
+    a.probs = b.probs;
+    a.map = b.map;
+    a.indices = b.idx;
+    a.intermediate = b.inter;
+    a.T = T;
+    a.E = E;
+    a.K = K;
+    a.mode = kSoftmaxPost;
+    a.map_kind = kMapBytes;
+    a.vec = 1;
+    a.scale = 1.0f;
+    a.smem_words_per_team = 260;
+    return a;
+  };
+  const int threads = 128;
+  const unsigned blocks = (unsigned)((T + 3) / 4);
+  const size_t lib_smem = 4 * 260 * 4;
+  // Reference outputs: the library's non-pipelined kernel.
+  forward_warp_kernel<bf16, VEC, NC><<<blocks, threads, lib_smem>>>(args(bufs[0]));
+  CHECK(cudaDeviceSynchronize());
+  std::vector<uint16_t> ref_p(n), got_p(n);
+  std::vector<uint8_t> ref_m(n), got_m(n);
+  std::vector<int32_t> ref_i((size_t)T * K), got_i((size_t)T * K);
+  CHECK(cudaMemcpy(ref_p.data(), bufs[0].probs, n * 2, cudaMemcpyDeviceToHost));
+  CHECK(cudaMemcpy(ref_m.data(), bufs[0].map, n, cudaMemcpyDeviceToHost));
+  CHECK(cudaMemcpy(ref_i.data(), bufs[0].idx, (size_t)T * K * 4, cudaMemcpyDeviceToHost));
+  auto same_as_library = [&](const char* name) {
+    CHECK(cudaMemset(bufs[0].probs, 0xff, n * 2));
+    CHECK(cudaMemset(bufs[0].map, 0xff, n));
+    CHECK(cudaMemset(bufs[0].idx, 0xff, (size_t)T * K * 4));
+    CHECK(cudaDeviceSynchronize());
+    return [&, name](auto launch) {
+      launch(0);
+      CHECK(cudaDeviceSynchronize());
+      CHECK(cudaMemcpy(got_p.data(), bufs[0].probs, n * 2, cudaMemcpyDeviceToHost));
+      CHECK(cudaMemcpy(got_m.data(), bufs[0].map, n, cudaMemcpyDeviceToHost));
+      CHECK(cudaMemcpy(got_i.data(), bufs[0].idx, (size_t)T * K * 4, cudaMemcpyDeviceToHost));
+      size_t prob_ulps = 0;  // bf16 probs more than one unit in the last place apart
+      for (size_t i = 0; i < n; ++i) prob_ulps += std::abs((int)got_p[i] - (int)ref_p[i]) > 1;
+      const bool ok = got_m == ref_m && got_i == ref_i && prob_ulps == 0;
+      const bool bitwise = ok && got_p == ref_p;
+      if (!ok) std::printf("  %-10s MISMATCH with the library kernel (probs off by > 1 ulp: %zu)\n", name, prob_ulps);
+      else if (!bitwise) std::printf("  %-10s same selection; probs within 1 ulp of the library's\n", name);
+      return ok;
+    };
+  };
+  const double gb = bytes / 1e9;
+  auto report = [&](const char* name, float us) {
+    std::printf("  %-10s %9.1f us  %7.0f GB/s  %5.1f%% of copy\n", name, us, gb / (us * 1e-6), 100.0 * gb / (us * 1e-6) / copy_gbs);
+  };
+  std::printf("T=%lld E=%d K=%d bf16 softmax-post bytemap+indices (%d sets of %.1f MB)\n", (long long)T, E, K, sets,
+              bytes / 1e6);
+  report("copy", time_us([&](int i) { copy_kernel<VEC, NC><<<blocks, threads>>>(args(bufs[i])); }, sets));
+  report("library", time_us([&](int i) {
+           forward_warp_kernel<bf16, VEC, NC><<<blocks, threads, lib_smem>>>(args(bufs[i]));
+         }, sets));
+  auto lean = [&](int i) { lean_kernel<VEC, NC><<<blocks, threads>>>(args(bufs[i])); };
+  if (same_as_library("lean")(lean)) report("lean", time_us(lean, sets));
+  // LANES lanes of 16 bytes (8 bf16) per row: E / 8 / NC_SUB lanes
+  if constexpr (VEC * NC * 32 / 16 >= 8) {
+    constexpr int kNcSub = 2, kLanes = VEC * NC * 32 / (8 * kNcSub);
+    if constexpr (kLanes >= 2 && kLanes <= 32) {
+      const unsigned sub_blocks = (unsigned)((T + 4 * (32 / kLanes) - 1) / (4 * (32 / kLanes)));
+      auto sub = [&](int i) { subwarp_kernel<kLanes, 8, kNcSub><<<sub_blocks, threads>>>(args(bufs[i])); };
+      char name[32];
+      std::snprintf(name, sizeof(name), "subwarp%d", kLanes);
+      if (same_as_library(name)(sub)) report(name, time_us(sub, sets));
+    }
+  }
+  for (auto& b : bufs) {
+    cudaFree(b.x);
+    cudaFree(b.probs);
+    cudaFree(b.map);
+    cudaFree(b.inter);
+    cudaFree(b.idx);
+  }
+}
+
+__global__ void copy_bytes(const uint4* src, uint4* dst, size_t n) {
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) dst[i] = src[i];
+}
+
+int main(int argc, char** argv) {
+  const int64_t T = argc > 1 ? std::atoll(argv[1]) : 65536;
+  // copy ceiling: 1 GiB device-to-device, bytes read + written
+  const size_t cbytes = (size_t)1 << 30;
+  uint4 *src, *dst;
+  CHECK(cudaMalloc(&src, cbytes));
+  CHECK(cudaMalloc(&dst, cbytes));
+  CHECK(cudaMemset(src, 1, cbytes));
+  const float copy_us = time_us([&](int) { copy_bytes<<<132 * 8, 512>>>(src, dst, cbytes / 16); }, 1);
+  const float copy_gbs = 2.0 * cbytes / 1e9 / (copy_us * 1e-6);
+  std::printf("copy ceiling %.0f GB/s\n", copy_gbs);
+  cudaFree(src);
+  cudaFree(dst);
+  run_case<4, 1>(T, 128, 2, copy_gbs);
+  run_case<4, 1>(T, 128, 8, copy_gbs);
+  run_case<8, 1>(T, 256, 8, copy_gbs);
+  run_case<8, 2>(T, 512, 8, copy_gbs);
+  run_case<8, 2>(T, 512, 22, copy_gbs);
+  return 0;
+}
