@@ -59,98 +59,31 @@ __global__ void copy_kernel(ForwardArgs a) {
   }
 }
 
-// ---- lean iterative top-k, warp per row ------------------------------------------------------
-template <int VEC, int NC>
-__global__ void lean_kernel(ForwardArgs a) {
-  constexpr int VPT = VEC * NC;
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int64_t row = (int64_t)blockIdx.x * (blockDim.x >> 5) + warp;
-  if (row >= a.T) return;
-  const int64_t off = row * a.E;
-  float s[VPT];
-  uint32_t key[VPT];
-#pragma unroll
-  for (int c = 0; c < NC; ++c) {
-    float t[VEC];
-    load_chunk<bf16, VEC>(static_cast<const bf16*>(a.logits) + off, (c * 32 + lane) * VEC, a.E, true, -INFINITY, t);
-#pragma unroll
-    for (int v = 0; v < VEC; ++v) {
-      s[c * VEC + v] = t[v];
-      key[c * VEC + v] = (c * 32 + lane) * VEC + v < a.E ? order_key(t[v]) : kAbsentKey;
-    }
-  }
-  // K rounds; a chosen key becomes kAbsentKey (real keys are >= kNanKey), so the selection is
-  // "was real, is now absent" at the end.
-  uint32_t real = 0;
-#pragma unroll
-  for (int p = 0; p < VPT; ++p) real |= (uint32_t)(key[p] != kAbsentKey) << p;
-#pragma unroll 1
-  for (int r = 0; r < a.K; ++r) {
-    uint32_t m = key[0];
-#pragma unroll
-    for (int p = 1; p < VPT; ++p) m = max(m, key[p]);
-    const uint32_t M = __reduce_max_sync(kFullMask, m);
-    uint32_t idx = 0xffffffffu;
-#pragma unroll
-    for (int p = VPT - 1; p >= 0; --p)  // descending, so the lowest position wins
-      if (key[p] == M) idx = (uint32_t)((p / VEC * 32 + lane) * VEC + p % VEC);
-    const uint32_t W = __reduce_min_sync(kFullMask, idx);
-#pragma unroll
-    for (int p = 0; p < VPT; ++p)
-      if ((uint32_t)((p / VEC * 32 + lane) * VEC + p % VEC) == W) key[p] = kAbsentKey;
-    if (a.indices != nullptr && lane == 0) static_cast<int32_t*>(a.indices)[row * a.K + r] = (int32_t)W;
-  }
-  uint32_t sel = 0;
-#pragma unroll
-  for (int p = 0; p < VPT; ++p) sel |= (uint32_t)(((real >> p) & 1) && key[p] == kAbsentKey) << p;
-  // softmax over the selected logits: same operations, same order as forward_row
-  float m = -INFINITY;
-#pragma unroll
-  for (int p = 0; p < VPT; ++p)
-    if ((sel >> p) & 1) m = fmaxf(m, s[p]);
-  m = warp_max(m);
-  float w[VPT], z = 0.0f;
-#pragma unroll
-  for (int p = 0; p < VPT; ++p) {
-    w[p] = ((sel >> p) & 1) ? expf(s[p] - m) : 0.0f;
-    z += w[p];
-  }
-  const float inv = 1.0f / warp_sum(z);
-#pragma unroll
-  for (int c = 0; c < NC; ++c) {
-    const int e0 = (c * 32 + lane) * VEC;
-    float pr[VEC], im[VEC];
-    uint8_t mb[VEC];
-#pragma unroll
-    for (int v = 0; v < VEC; ++v) {
-      const int p = c * VEC + v;
-      const bool on = (sel >> p) & 1;
-      const float wp = w[p] * inv;
-      pr[v] = on ? wp * a.scale : 0.0f;
-      im[v] = on ? wp : -INFINITY;
-      mb[v] = on;
-    }
-    store_chunk<bf16, VEC>(static_cast<bf16*>(a.probs) + off, e0, a.E, true, pr);
-    store_chunk<float, VEC>(a.intermediate + off, e0, a.E, true, im);
-    store_bytes<VEC>(a.map + off, e0, a.E, true, mb);
-  }
-}
-
-// ---- lean iterative top-k, LANES lanes per row (32 / LANES rows per warp) ---------------------
-// 16-byte accesses even at E = 128, log2(LANES)-step shuffle trees, more rows in flight per warp.
-// The reduction trees differ from the library's, so probs may differ in the last bit; the
-// selection (map, indices) must be identical.
+// ---- lean iterative top-k on LANES lanes per row (32 / LANES rows per warp) -------------------
+// A round: max over the lane's keys, a team max, the lane's first position holding it, a team min
+// over indices, the winner's key cleared to 0 (real keys are >= kNanKey), so "selected" is "was
+// real, is now absent". LANES = 32 with the library's chunking is "lean" (redux.sync, same float
+// reduction trees as the library: bitwise-equal outputs expected); fewer lanes with 16-byte chunks
+// is "subwarpN" (shuffle trees of log2(N) steps, so probs may differ in the last bit).
 template <int LANES>
 __device__ __forceinline__ uint32_t team_max_u32(uint32_t v) {
+  if constexpr (LANES == 32) {
+    return __reduce_max_sync(kFullMask, v);  // one redux.sync
+  } else {
 #pragma unroll
-  for (int o = LANES / 2; o > 0; o >>= 1) v = max(v, __shfl_xor_sync(kFullMask, v, o));
-  return v;
+    for (int o = LANES / 2; o > 0; o >>= 1) v = max(v, __shfl_xor_sync(kFullMask, v, o));
+    return v;
+  }
 }
 template <int LANES>
 __device__ __forceinline__ uint32_t team_min_u32(uint32_t v) {
+  if constexpr (LANES == 32) {
+    return __reduce_min_sync(kFullMask, v);  // one redux.sync
+  } else {
 #pragma unroll
-  for (int o = LANES / 2; o > 0; o >>= 1) v = min(v, __shfl_xor_sync(kFullMask, v, o));
-  return v;
+    for (int o = LANES / 2; o > 0; o >>= 1) v = min(v, __shfl_xor_sync(kFullMask, v, o));
+    return v;
+  }
 }
 template <int LANES>
 __device__ __forceinline__ float team_maxf(float v) {
@@ -348,7 +281,7 @@ void run_case(int64_t T, int E, int K, float copy_gbs) {
   report("library", time_us([&](int i) {
            forward_warp_kernel<bf16, VEC, NC><<<blocks, threads, lib_smem>>>(args(bufs[i]));
          }, sets));
-  auto lean = [&](int i) { lean_kernel<VEC, NC><<<blocks, threads>>>(args(bufs[i])); };
+  auto lean = [&](int i) { subwarp_kernel<32, VEC, NC><<<blocks, threads>>>(args(bufs[i])); };
   if (same_as_library("lean")(lean)) report("lean", time_us(lean, sets));
   // LANES lanes of 16 bytes (8 bf16) per row: E / 8 / NC_SUB lanes
   if constexpr (VEC * NC * 32 / 16 >= 8) {
