@@ -15,7 +15,7 @@
 //             cleared to 0 (no range checks, no taken-bit tests): 31 SASS instructions per round
 //             at E = 128 against the library's 55 (cuobjdump, sm_90a).
 //   subwarpN  the lean round on N lanes per row (32/N rows per warp), 16-byte chunks per lane,
-//             shuffle trees of log2(N) steps.
+//             shuffle trees of log2(N) steps: 93 instructions per round for 4 rows at E = 128.
 // Timing: CUDA events, median of 15 samples of 20 launches, inputs rotated over > 4x L2.
 #include <algorithm>
 #include <cstdio>
