@@ -827,6 +827,50 @@ def test_router_boundary_sizes(case, rng):
     run_router_case(case, rng)
 
 
+# SPEC "Errors": a pointer that is not 16-byte aligned takes a scalar path, never a fault. Views one
+# element past an aligned allocation are contiguous and naturally aligned, but not 16-byte aligned.
+MISALIGNED_CASES = [
+    Case(300, 128, 8, "softmax_post", "bfloat16", map_format="bytemap"),  # warp rows (cp.async when aligned)
+    Case(300, 256, 8, "sigmoid", "float32", GROUPS, 2.5, "float32", "bitmap"),
+    Case(64, 2304, 36, "softmax_pre", "float16", map_format="indices", index_dtype="int64"),  # block rows
+]
+
+
+def _offset_copy(tensor):
+    """The same values in a contiguous view whose data starts one element past an allocation."""
+    torch = _torch()
+    flat = torch.empty(tensor.numel() + 1, dtype=tensor.dtype, device=tensor.device)
+    view = flat[1:].view(tensor.shape)
+    view.copy_(tensor)
+    return view
+
+
+@pytest.mark.parametrize("case", MISALIGNED_CASES, ids=str)
+def test_router_misaligned_views_match_aligned(case, rng):
+    mk = _moekit()
+    logits = random_logits(rng, case.T, case.E, case.dtype, case.score)
+    bias = None if case.bias_dtype is None else to_device(random_bias(rng, case.E, case.bias_dtype), DEVICE)
+    x = to_device(logits, DEVICE)
+    g = to_device(random_grad(rng, case.T, case.E, case.dtype), DEVICE)
+    aligned = mk.router_topk_forward(x, case.K, expert_bias=bias, **case.forward_kwargs())
+    grad = mk.router_topk_backward(g, aligned[2], aligned[1], case.K, **case.backward_kwargs())
+
+    x_off, g_off = _offset_copy(x), _offset_copy(g)
+    assert x_off.data_ptr() % 16 != 0 and x_off.is_contiguous()
+    outs = tuple(_offset_copy(t) for t in poisoned_forward_outputs(case, "bytes"))
+    got = mk.router_topk_forward(x_off, case.K, expert_bias=bias, out=outs, **case.forward_kwargs())
+    grad_out = _offset_copy(poisoned((case.T, case.E), case.dtype, "bytes", DEVICE))
+    got_grad = mk.router_topk_backward(g_off, _offset_copy(aligned[2]), _offset_copy(aligned[1]), case.K,
+                                       out=grad_out, **case.backward_kwargs())
+    _sync()
+    # Same arithmetic, narrower accesses: the results must be the same bits.
+    for name, first, second in zip(("probs", "selection", "intermediate"), aligned, got):
+        if first.dtype != second.dtype:  # bool bytemap vs the uint8 out= buffer: compare the bytes
+            first = first.view(second.dtype)
+        _assert_same_bits(case, f"forward {name} from misaligned views", first, second)
+    _assert_same_bits(case, "grad_logits from misaligned views", grad, got_grad)
+
+
 @pytest.mark.parametrize("score", list(SCORES))
 @pytest.mark.parametrize("map_format", MAP_FORMATS)
 def test_router_zero_tokens(score, map_format, rng):
