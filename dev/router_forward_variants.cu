@@ -65,23 +65,17 @@ __global__ void copy_kernel(ForwardArgs a) {
 // real, is now absent". LANES = 32 with the library's chunking is "lean" (redux.sync, same float
 // reduction trees as the library: bitwise-equal outputs expected); fewer lanes with 16-byte chunks
 // is "subwarpN" (shuffle trees of log2(N) steps, so probs may differ in the last bit).
-template <int LANES>
-__device__ __forceinline__ uint32_t team_max_u32(uint32_t v) {
+// Max (kMax) or min over the team's lanes; a whole warp uses one redux.sync.
+template <int LANES, bool kMax>
+__device__ __forceinline__ uint32_t team_extreme_u32(uint32_t v) {
   if constexpr (LANES == 32) {
-    return __reduce_max_sync(kFullMask, v);  // one redux.sync
+    return kMax ? __reduce_max_sync(kFullMask, v) : __reduce_min_sync(kFullMask, v);
   } else {
 #pragma unroll
-    for (int o = LANES / 2; o > 0; o >>= 1) v = max(v, __shfl_xor_sync(kFullMask, v, o));
-    return v;
-  }
-}
-template <int LANES>
-__device__ __forceinline__ uint32_t team_min_u32(uint32_t v) {
-  if constexpr (LANES == 32) {
-    return __reduce_min_sync(kFullMask, v);  // one redux.sync
-  } else {
-#pragma unroll
-    for (int o = LANES / 2; o > 0; o >>= 1) v = min(v, __shfl_xor_sync(kFullMask, v, o));
+    for (int o = LANES / 2; o > 0; o >>= 1) {
+      const uint32_t u = __shfl_xor_sync(kFullMask, v, o);
+      v = kMax ? max(v, u) : min(v, u);
+    }
     return v;
   }
 }
@@ -126,12 +120,12 @@ __global__ void subwarp_kernel(ForwardArgs a) {
     uint32_t m = key[0];
 #pragma unroll
     for (int p = 1; p < VPT; ++p) m = max(m, key[p]);
-    const uint32_t M = team_max_u32<LANES>(m);
+    const uint32_t M = team_extreme_u32<LANES, true>(m);
     uint32_t idx = 0xffffffffu;
 #pragma unroll
     for (int p = VPT - 1; p >= 0; --p)
       if (key[p] == M) idx = index(p);
-    const uint32_t W = team_min_u32<LANES>(idx);
+    const uint32_t W = team_extreme_u32<LANES, false>(idx);
 #pragma unroll
     for (int p = 0; p < VPT; ++p)
       if (index(p) == W) key[p] = kAbsentKey;
