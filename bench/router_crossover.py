@@ -1,9 +1,12 @@
-"""Where radix select starts to beat the iterative arg-max in the router forward.
+"""Which top-k path wins where in the router forward: iterative rounds, radix select, filtered.
 
-The library reads MOEKIT_ROUTER_RADIX_MIN_K once per process, so each path is timed in its own
-child process (K >= 1: radix everywhere; K >= 99999: iterative everywhere) over the same grid of
-(E, K), softmax-post, T = 65536. Prints, per E, the time of both paths and the first K at which
-radix wins: the default in kernels/router/router.cu comes from this table (bench/NOTES.md).
+The library reads its tuning knobs once per process, so each path is timed in its own child process
+over the same grid of (E, K), softmax-post, T = 65536:
+  iterative  MOEKIT_ROUTER_RADIX_MIN_K=99999, filter off
+  radix      MOEKIT_ROUTER_RADIX_MIN_K=1, filter off
+  filtered   MOEKIT_ROUTER_FILTER_MIN_VPT=1 (warp teams, K <= 32; falls back to iterative)
+Prints the three times per (E, K) and the winner: the defaults in kernels/router/router.cu come from
+this table (bench/NOTES.md). bf16 softmax-post keys are index-packed (unique); f32 keys are not.
 
     python bench/router_crossover.py [--dtype bf16] [--tokens 65536] [--out DIR]
 """
@@ -21,7 +24,11 @@ import _common  # noqa: E402
 
 EXPERTS = (128, 256, 512, 1024, 2304)
 TOPKS = (2, 4, 6, 8, 12, 16, 22, 32)
-MODES = {"radix": "1", "iterative": "99999"}
+MODES = {
+    "iterative": {"MOEKIT_ROUTER_RADIX_MIN_K": "99999", "MOEKIT_ROUTER_FILTER_MIN_VPT": "0"},
+    "radix": {"MOEKIT_ROUTER_RADIX_MIN_K": "1", "MOEKIT_ROUTER_FILTER_MIN_VPT": "0"},
+    "filtered": {"MOEKIT_ROUTER_RADIX_MIN_K": "99999", "MOEKIT_ROUTER_FILTER_MIN_VPT": "1"},
+}
 
 
 def child(dtype_name: str, tokens: int) -> None:
@@ -63,25 +70,26 @@ def main(argv=None) -> int:
         return 0
 
     times = {}
-    for mode, min_k in MODES.items():
-        env = dict(os.environ, MOEKIT_ROUTER_RADIX_MIN_K=min_k)
+    for mode, knobs in MODES.items():
+        env = dict(os.environ, **knobs)
         done = subprocess.run([sys.executable, __file__, "--child", "--dtype", args.dtype, "--tokens",
                                str(args.tokens)], env=env, capture_output=True, text=True, check=True)
         times[mode] = json.loads(done.stdout.strip().splitlines()[-1])
 
-    headers = ["E", "K", "iterative us", "radix us", "radix/iter", "winner"]
+    headers = ["E", "K"] + [f"{m} us" for m in MODES] + ["winner"]
     rows, first_radix = [], {}
     for key in times["radix"]:
         E, K = (int(v) for v in key.split(","))
-        it, rx = times["iterative"][key], times["radix"][key]
-        rows.append([E, K, f"{it:.1f}", f"{rx:.1f}", f"{rx / it:.2f}", "radix" if rx < it else "iterative"])
-        if rx < it and E not in first_radix:
+        us = {m: times[m][key] for m in MODES}
+        winner = min(us, key=us.get)
+        rows.append([E, K] + [f"{us[m]:.1f}" for m in MODES] + [winner])
+        if us["radix"] < us["iterative"] and E not in first_radix:
             first_radix[E] = K
-    _common.write_json(args.out, "router_crossover", {"dtype": args.dtype, "tokens": args.tokens,
+    _common.write_json(args.out, f"router_crossover_{args.dtype}", {"dtype": args.dtype, "tokens": args.tokens,
                                                        "times_us": times, "first_radix_k": first_radix})
-    print(f"router top-k crossover, softmax-post forward, T={args.tokens}, {args.dtype}")
+    print(f"router top-k paths, softmax-post forward, T={args.tokens}, {args.dtype}")
     print(_common.format_table(headers, rows))
-    print("first K where radix wins, per E: " + ", ".join(f"E={e}: K={k}" for e, k in first_radix.items()))
+    print("first K where radix beats iterative, per E: " + ", ".join(f"E={e}: K={k}" for e, k in first_radix.items()))
     return 0
 
 

@@ -176,8 +176,11 @@ struct Buffers {
   int32_t* idx;
 };
 
+static bool g_profile = false;  // argv[2] == "profile": one launch per kernel (for ncu), no timing
+
 template <typename Launch>
 float time_us(Launch launch, int sets) {
+  if (g_profile) return 0.0f;
   cudaEvent_t a, b;
   CHECK(cudaEventCreate(&a));
   CHECK(cudaEventCreate(&b));
@@ -231,6 +234,8 @@ void run_case(int64_t T, int E, int K, float copy_gbs) {
     a.vec = 1;
     a.scale = 1.0f;
     a.smem_words_per_team = 260;
+    a.topk = kTopkDefault;
+    a.packed = 1;  // bf16 softmax-post, as the library sets it
     return a;
   };
   const int threads = 128;
@@ -267,14 +272,44 @@ void run_case(int64_t T, int E, int K, float copy_gbs) {
   };
   const double gb = bytes / 1e9;
   auto report = [&](const char* name, float us) {
+    if (g_profile) return;
     std::printf("  %-10s %9.1f us  %7.0f GB/s  %5.1f%% of copy\n", name, us, gb / (us * 1e-6), 100.0 * gb / (us * 1e-6) / copy_gbs);
   };
   std::printf("T=%lld E=%d K=%d bf16 softmax-post bytemap+indices (%d sets of %.1f MB)\n", (long long)T, E, K, sets,
               bytes / 1e6);
+  if (g_profile) {  // one launch of each, for ncu (no timing)
+    copy_kernel<VEC, NC><<<blocks, threads>>>(args(bufs[0]));
+    forward_warp_kernel<bf16, VEC, NC><<<blocks, threads, lib_smem>>>(args(bufs[0]));
+    ForwardArgs f = args(bufs[0]);
+    f.topk = kTopkFiltered;
+    forward_warp_kernel<bf16, VEC, NC><<<blocks, threads, lib_smem>>>(f);
+    CHECK(cudaDeviceSynchronize());
+  }
   report("copy", time_us([&](int i) { copy_kernel<VEC, NC><<<blocks, threads>>>(args(bufs[i])); }, sets));
   report("library", time_us([&](int i) {
            forward_warp_kernel<bf16, VEC, NC><<<blocks, threads, lib_smem>>>(args(bufs[i]));
          }, sets));
+  auto filtered = [&](int i) {
+    ForwardArgs f = args(bufs[i]);
+    f.topk = kTopkFiltered;
+    forward_warp_kernel<bf16, VEC, NC><<<blocks, threads, lib_smem>>>(f);
+  };
+  if (same_as_library("filtered")(filtered)) report("filtered", time_us(filtered, sets));
+  // the library's persistent cp.async kernel with the filter (two 16-byte padded stages per warp)
+  const int stage_bytes = (E * 2 + 15) / 16 * 16;
+  const size_t pipe_smem = lib_smem + (size_t)2 * stage_bytes * 4;
+  int per_sm = 0;
+  CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, forward_warp_pipelined_kernel<bf16, VEC, NC>, threads,
+                                                      pipe_smem));
+  const unsigned pipe_blocks = std::min<unsigned>(blocks, (unsigned)per_sm * 132);
+  auto pipelined = [&](int i) {
+    ForwardArgs f = args(bufs[i]);
+    f.topk = kTopkFiltered;
+    f.stages = 2;
+    f.stage_bytes = stage_bytes;
+    forward_warp_pipelined_kernel<bf16, VEC, NC><<<pipe_blocks, threads, pipe_smem>>>(f);
+  };
+  if (same_as_library("pipelined")(pipelined)) report("pipelined", time_us(pipelined, sets));
   auto lean = [&](int i) { subwarp_kernel<32, VEC, NC><<<blocks, threads>>>(args(bufs[i])); };
   if (same_as_library("lean")(lean)) report("lean", time_us(lean, sets));
   // LANES lanes of 16 bytes (8 bf16) per row: E / 8 / NC_SUB lanes
@@ -303,6 +338,7 @@ __global__ void copy_bytes(const uint4* src, uint4* dst, size_t n) {
 
 int main(int argc, char** argv) {
   const int64_t T = argc > 1 ? std::atoll(argv[1]) : 65536;
+  g_profile = argc > 2 && std::strcmp(argv[2], "profile") == 0;
   // copy ceiling: 1 GiB device-to-device, bytes read + written
   const size_t cbytes = (size_t)1 << 30;
   uint4 *src, *dst;
@@ -319,5 +355,7 @@ int main(int argc, char** argv) {
   run_case<8, 1>(T, 256, 8, copy_gbs);
   run_case<8, 2>(T, 512, 8, copy_gbs);
   run_case<8, 2>(T, 512, 22, copy_gbs);
+  run_case<8, 4>(T, 1024, 8, copy_gbs);
+  run_case<8, 4>(T, 1024, 22, copy_gbs);
   return 0;
 }

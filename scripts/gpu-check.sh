@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Build, test and benchmark moekit on a GPU machine in one go; prints a short table last.
 #   scripts/gpu-check.sh                 everything
-#   TESTS=0 scripts/gpu-check.sh         skip pytest;  SANITIZER=0 / BENCH=0 likewise
-#   CROSSOVER=1 scripts/gpu-check.sh     also time radix vs iterative top-k (bench/router_crossover.py)
+#   TESTS=0 scripts/gpu-check.sh         skip pytest;  SANITIZER=0 / BENCH=0 / PATHS=0 likewise
+#                                        (PATHS: the tie/NaN tests again with each top-k path forced)
+#   CROSSOVER=1 scripts/gpu-check.sh     also time the top-k paths (rounds, radix, filtered) (bench/router_crossover.py)
 #   DEV=1 scripts/gpu-check.sh           also build and run dev/*.cu (kernel candidates, checked against the library)
 #   PYTEST_ARGS="-k ties" BENCH_ARGS="--quick" scripts/gpu-check.sh
 # Logs and JSON go to $OUT (the device tool's output folder) or ./gpu-check-out.
@@ -36,6 +37,19 @@ if [ "${TESTS:-1}" = 1 ]; then
   summary+=("pytest: exit $rc, $(grep -E '(passed|failed|error|no tests ran).* in [0-9.]+s' "$OUT/pytest.log" | tail -1) [junit: $counts]")
 fi
 
+if [ "${PATHS:-1}" = 1 ] && [ "${TESTS:-1}" = 1 ]; then
+  # The tie / NaN / signed-zero tests again with each top-k path forced (the defaults pick one per shape).
+  note "ties and NaN tests on each forced top-k path"
+  for env in "MOEKIT_ROUTER_RADIX_MIN_K=99999 MOEKIT_ROUTER_FILTER_MIN_VPT=0" "MOEKIT_ROUTER_RADIX_MIN_K=1" \
+             "MOEKIT_ROUTER_RADIX_MIN_K=99999 MOEKIT_ROUTER_FILTER_MIN_VPT=1"; do
+    env $env python3 -m pytest -q -p no:cacheprovider -k ties tests/test_router_gpu.py >"$OUT/paths-run.log" 2>&1
+    rc=$?
+    { echo "### $env: exit $rc"; cat "$OUT/paths-run.log"; } >>"$OUT/paths.log"
+    summary+=("ties/NaN [$env]: exit $rc, $(grep -E '(passed|failed).* in [0-9.]+s' "$OUT/paths-run.log" | tail -1)")
+    rm -f "$OUT/paths-run.log"
+  done
+fi
+
 if [ "${DEV:-0}" = 1 ]; then
   note "dev/router_forward_variants.cu (candidate forward kernels next to the library's)"
   nvcc -O3 -std=c++17 -gencode=arch=compute_${arch},code=sm_${arch} --expt-relaxed-constexpr -Iinclude -Ikernels \
@@ -43,7 +57,7 @@ if [ "${DEV:-0}" = 1 ]; then
 fi
 
 if [ "${CROSSOVER:-0}" = 1 ]; then
-  note "top-k crossover (radix vs iterative)"
+  note "top-k paths: rounds vs radix vs filtered"
   python3 bench/router_crossover.py --out "$OUT" 2>&1 | tee "$OUT/crossover.log"
 fi
 
@@ -54,8 +68,9 @@ fi
 
 if [ "${SANITIZER:-1}" = 1 ]; then
   note "compute-sanitizer memcheck"
-  # default tuning (radix for large K, pipelined warps); then iterative top-k everywhere, no pipeline
-  for env in "" "MOEKIT_ROUTER_PIPELINE=0 MOEKIT_ROUTER_RADIX_MIN_K=99999"; do
+  # default tuning; iterative rounds everywhere with the cp.async pipeline; filtered top-k everywhere
+  for env in "" "MOEKIT_ROUTER_PIPELINE=1 MOEKIT_ROUTER_RADIX_MIN_K=99999" \
+             "MOEKIT_ROUTER_FILTER_MIN_VPT=1 MOEKIT_ROUTER_RADIX_MIN_K=99999"; do
     env $env compute-sanitizer --tool memcheck --error-exitcode 9 python3 scripts/sanitize_cases.py \
       >"$OUT/memcheck-run.log" 2>&1
     rc=$?

@@ -1,7 +1,7 @@
 """A few router shapes for compute-sanitizer (scripts/gpu-check.sh): every kernel family and path,
 odd sizes, both selection outputs, small T so the checker stays quick. gpu-check.sh runs it with
-the default tuning and again with MOEKIT_ROUTER_PIPELINE=0 / MOEKIT_ROUTER_RADIX_MIN_K=1|9999 so that
-every kernel path is checked. Exits non-zero on a mismatch
+the default tuning and again with the knobs that force the other paths (cp.async pipeline, rounds,
+filtered top-k) so that every kernel path is checked. Exits non-zero on a mismatch
 with the reference too, so a silent wrong answer does not pass as 'no memory error'."""
 import sys
 
@@ -19,6 +19,8 @@ CASES = [  # (T, E, K, score, pre, groups, bias, map_format, dtype)
     (8, 2304, 36, "softmax", False, (0, 0), False, "indices", torch.bfloat16),
     (4, 3000, 5, "sigmoid", False, (0, 0), False, "bitmap", torch.float16),
     (3, 16384, 32, "softmax", True, (8, 4), False, "bytemap", torch.float32),
+    (5, 1024, 8, "softmax", False, (0, 0), False, "indices", torch.float32),  # filtered top-k
+    (6, 512, 22, "softmax", False, (0, 0), False, "indices", torch.bfloat16),  # packed keys, radix
 ]
 
 

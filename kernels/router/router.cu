@@ -9,19 +9,31 @@ namespace moekit {
 namespace router {
 namespace {
 
-// Tuning knobs. Defaults are measured on an H100 (bench/router_crossover.py, bench/NOTES.md);
+// Tuning knobs. Defaults are measured on an H100 (bench/router_crossover.py, bench/NOTES.md v2);
 // the environment overrides them.
 //
-// Radix select from this K on, iterative arg-max below it. The iterative path costs about one
-// team arg-max per selected expert; radix select costs about the same for any K. Measured first K
-// at which radix wins (softmax-post forward, T = 65536, bf16): E = 128: 12; E = 256 and 512: 6;
-// E = 1024: 12 (32 histogram atomics per lane per pass); block teams (E = 2304): 4.
-int radix_min_k(int E) {
+// Radix select from this K on, iterative rounds below it. A round costs about one pass over the
+// lane's keys and one redux; radix select costs about the same for any K. Rounds are cheaper when
+// the keys are index-packed (bf16/f16 softmax-post: one redux per round, see forward_row), so the
+// crossover depends on it. First K at which radix won (softmax-post forward, T = 65536):
+//   packed (bf16):   E = 128: 32, 256: 16, 512: 22, 1024: 32, 2304 (block teams): 4
+//   unpacked (f32):  E = 128: 22, 256: 12, 512: 16, 1024: 32, 2304 (block teams): 4
+int radix_min_k(int E, bool packed) {
   static const int forced = env_int("MOEKIT_ROUTER_RADIX_MIN_K", 0);
   if (forced > 0) return forced;
   if (E > 1024) return 4;
-  if (E <= 128 || E > 512) return 12;
-  return 6;
+  if (E <= 128) return packed ? 32 : 22;
+  if (E <= 256) return packed ? 16 : 12;
+  if (E <= 512) return packed ? 22 : 16;
+  return 32;
+}
+// Filtered top-k (router_kernels.cuh, filtered_select) on warp teams whose lanes hold at least this
+// many keys, for unpacked keys and 6 <= K <= 24: it won only there (f32, E = 1024: 0.83-0.95x of
+// the best other path; E <= 512 or packed keys: 3-20% slower; K = 32 overflows its 64 candidates).
+// 0 turns it off, 1 tries it wherever K <= 32 (bench/router_crossover.py does that).
+int filter_min_keys_per_lane() {
+  static const int v = env_int("MOEKIT_ROUTER_FILTER_MIN_VPT", 32);
+  return v;
 }
 // Rows up to this many experts go to one warp each, longer rows to one block each (at most 1024).
 int warp_max_experts() {
@@ -41,9 +53,11 @@ int vec_for(moekit_dtype_t t, int vpt) {
   return vpt < per16 ? vpt : per16;
 }
 
-// Forward rows staged through shared memory by cp.async on persistent warps (0 turns it off).
+// Forward rows staged through shared memory by cp.async on persistent warps. Off by default: on the
+// H100 it was slower in every bench/router.py row (0.81-0.99x of plain loads, bench/NOTES.md v2);
+// 1 turns it on.
 int pipeline_enabled() {
-  static const int v = env_int("MOEKIT_ROUTER_PIPELINE", 1);
+  static const int v = env_int("MOEKIT_ROUTER_PIPELINE", 0);
   return v;
 }
 
@@ -140,13 +154,24 @@ moekit_status_t check_selection(const char* op, const void* map, moekit_map_form
   return check_ptr(op, "topk_indices", indices, dtype_size(index_dtype), false);
 }
 
-void set_pipeline(ForwardArgs& a, const LaunchShape& s, int row_bytes) {
+// Whether forward_row packs the index into the keys (ForwardArgs::packed): 16-bit logits,
+// softmax-post, and E below 2^16 (bf16) or 2^13 (f16), the free low bits of those keys.
+bool keys_packed(int mode, int E, moekit_dtype_t dtype) {
+  if (mode != kSoftmaxPost) return false;
+  return dtype == MOEKIT_DTYPE_BF16 || (dtype == MOEKIT_DTYPE_F16 && E < (1 << 13));
+}
+
+// Per-launch fields that depend on the launch shape.
+void shape_args(ForwardArgs& a, const LaunchShape& s, int row_bytes) {
+  const int min_vpt = filter_min_keys_per_lane();
+  const bool wanted = min_vpt == 1 ? a.K <= 32 : (!a.packed && a.K >= 6 && a.K <= 24);
+  a.topk = !s.block_team && min_vpt > 0 && s.vpt >= min_vpt && wanted ? kTopkFiltered : kTopkDefault;
   if (!s.pipelined) return;
   a.stage_bytes = (row_bytes + 15) / 16 * 16;
   const size_t team_bytes = (size_t)a.smem_words_per_team * 4 * kWarpsPerBlock;
   a.stages = (int)((s.smem_bytes - team_bytes) / ((size_t)a.stage_bytes * kWarpsPerBlock));
 }
-void set_pipeline(BackwardArgs&, const LaunchShape&, int) {}
+void shape_args(BackwardArgs&, const LaunchShape&, int) {}
 
 template <typename Args>
 cudaError_t launch(moekit_dtype_t dtype, bool forward, const Args& a, const LaunchShape& s, cudaStream_t stream);
@@ -187,7 +212,7 @@ moekit_status_t run(const char* op, moekit_dtype_t dtype, Args& a, int64_t T, in
   for (int i = 0; i < n_vec_ptrs; ++i) ok = ok && (vec_ptrs[i] == nullptr || aligned(vec_ptrs[i], 16));
   a.vec = ok;
   a.smem_words_per_team = smem_words_per_team;
-  set_pipeline(a, s, pipeline_row_bytes);
+  shape_args(a, s, pipeline_row_bytes);
   cudaError_t err = launch(dtype, true, a, s, stream);
   if (err != cudaSuccess) return cuda_fail(op, "kernel launch", err);
   return MOEKIT_SUCCESS;
@@ -261,7 +286,8 @@ extern "C" MOEKIT_API moekit_status_t moekit_router_topk_forward(
                                                       : kSqrtSoftplus;
     a.map_kind = map_format == MOEKIT_MAP_BYTEMAP ? kMapBytes : map_format == MOEKIT_MAP_BITMAP ? kMapBits : kMapNone;
     a.idx64 = index_dtype == MOEKIT_DTYPE_I64;
-    a.radix = topk >= radix_min_k((int)num_experts);
+    a.packed = keys_packed(a.mode, a.E, logits_dtype);
+    a.radix = topk >= radix_min_k(a.E, a.packed != 0);
     a.scale = scaling_factor;
     // team shared memory: radix histogram (+ pick), group keys, sorted-index list
     const int words = 256 + 4 + a.G + ((a.radix && topk_indices != nullptr) ? 2 * a.K : 0);

@@ -4,15 +4,19 @@
 // NC * VEC elements of the row in registers: chunk c of the thread with team rank r covers elements
 // [(c * team_size + r) * VEC, + VEC), so each chunk is one coalesced sweep of the team over the row.
 //
-// Top-k has two paths over the same register layout, both giving the SPEC order (NaN lowest,
-// -0 == +0, ties to the lower index):
-//   - iterative: K rounds of a team arg-max; cheap for small K;
+// Top-k paths over the same register layout, all giving the SPEC order (NaN lowest, -0 == +0, ties
+// to the lower index):
+//   - rounds: K rounds of a team arg-max; cheap for small K. On warp teams a round is one pass over
+//     the lane's keys and one redux (two when keys can tie, see "packed keys" in forward_row);
+//   - filtered (warp teams, K <= 32): a cheap lower bound of the K-th key leaves a few candidates,
+//     and the rounds run over those (filtered_select);
 //   - radix select: the K-th largest 32-bit key found digit by digit (8 bits per pass, a shared
 //     histogram), then one pass marks the winners; cost almost independent of K.
-// The host picks the path per shape (router.cu, measured crossover).
+// The host picks the path per shape (router.cu, measured crossovers).
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "common/device.cuh"
 #include "common/team.cuh"
@@ -23,6 +27,8 @@ namespace router {
 
 enum ScoreMode : int { kSoftmaxPre = 0, kSoftmaxPost = 1, kSigmoid = 2, kSqrtSoftplus = 3 };
 enum MapKind : int { kMapNone = 0, kMapBytes = 1, kMapBits = 2 };
+// Warp teams: kTopkFiltered tries filtered_select and falls back to `radix` (radix select or rounds).
+enum TopkPath : int { kTopkDefault = 0, kTopkFiltered = 1 };
 
 constexpr float kEps = 1e-20f;
 constexpr uint32_t kChosenGroup = 0xffffffffu;  // above every real key (NaN maps to 1, +inf below this)
@@ -43,6 +49,8 @@ struct ForwardArgs {
   int map_kind;
   int idx64;
   int radix;  // 1: radix select, 0: iterative
+  int topk;   // TopkPath: what warp teams try first (block teams: radix or iterative)
+  int packed;  // keys carry the index in their low bits (16-bit logits, softmax-post; router.cu)
   int vec;    // rows allow whole-chunk vector access
   float scale;
   int smem_words_per_team;  // dynamic shared memory per team (warp teams) in 32-bit words
@@ -247,6 +255,146 @@ __device__ __forceinline__ void write_sorted_indices(Team& team, const uint32_t 
   team.sync();  // list may be reused by the next row of this team
 }
 
+// Writes selected expert `idx` at position r of this row's index output (int32 or int64).
+__device__ __forceinline__ void put_index(void* out, bool idx64, int r, uint32_t idx) {
+  if (idx64) static_cast<int64_t*>(out)[r] = idx;
+  else static_cast<int32_t*>(out)[r] = (int32_t)idx;
+}
+
+// Iterative top-k on a warp team, K rounds of: the lane's best key, one redux.max, then the lowest
+// index holding it, whose key is cleared to kAbsentKey (real keys are >= kNanKey, so nothing is
+// ever chosen twice and "selected" = "was real, is now absent"). With unique (packed) keys the
+// second reduction is not needed: the maximum names its element. Returns the selection bits.
+template <int VEC, int NC>
+__device__ __forceinline__ uint64_t warp_rounds_select(const WarpTeam& team, uint32_t (&key)[VEC * NC], int K,
+                                                       uint32_t packed_mask, void* out, bool idx64) {
+  constexpr int VPT = VEC * NC;
+  uint64_t real = 0;
+#pragma unroll
+  for (int p = 0; p < VPT; ++p) real |= (uint64_t)(key[p] != kAbsentKey) << p;
+  uint32_t held = 0;
+#pragma unroll 1
+  for (int r = 0; r < K; ++r) {
+    uint32_t m = key[0];
+#pragma unroll
+    for (int p = 1; p < VPT; ++p) m = max(m, key[p]);
+    const uint32_t best = __reduce_max_sync(kFullMask, m);
+    uint32_t winner;
+    if (packed_mask != 0) {
+      winner = packed_mask - (best & packed_mask);
+#pragma unroll
+      for (int p = 0; p < VPT; ++p) key[p] = key[p] == best ? kAbsentKey : key[p];
+    } else {
+      uint32_t first = 0xffffffffu;  // this lane's lowest index holding the maximum
+#pragma unroll
+      for (int p = VPT - 1; p >= 0; --p)
+        if (key[p] == best) first = (uint32_t)elem_index<VEC>(team, p / VEC, p % VEC);
+      winner = __reduce_min_sync(kFullMask, first);
+#pragma unroll
+      for (int p = 0; p < VPT; ++p)
+        if ((uint32_t)elem_index<VEC>(team, p / VEC, p % VEC) == winner) key[p] = kAbsentKey;
+    }
+    // lane (r mod 32) keeps round r's winner; every 32 rounds the warp stores them in one sweep
+    held = team.rank == (r & 31) ? winner : held;
+    if (out != nullptr && ((r & 31) == 31 || r == K - 1) && team.rank <= (r & 31))
+      put_index(out, idx64, (r & ~31) + team.rank, held);
+  }
+  uint64_t sel = 0;
+#pragma unroll
+  for (int p = 0; p < VPT; ++p) sel |= (uint64_t)(key[p] == kAbsentKey) << p;
+  return sel & real;
+}
+
+// Filtered top-k for K <= 32 on a warp team: most of a row cannot be in the top k, so filter first.
+// A lower bound of the K-th largest key: K - 1 rounds that each remove the largest lane maximum
+// (with every lane tied to it) leave a maximum no larger than the K-th largest lane maximum, which
+// is itself no larger than the row's K-th largest key. The keys at or above the bound, usually a few
+// more than K, are gathered into shared memory (at most kFilterCap) and the K rounds of arg-max run
+// over two candidates per lane instead of every key of the row: one redux.max and a ballot per
+// round, a second redux only when two lanes hold the same key. The last winner is the threshold:
+// selected = key above it, or equal to it at an index not above its own.
+// Returns false (nothing written) when the candidates do not fit: the caller falls back.
+constexpr int kFilterCap = 64;  // two candidates per lane; shared memory 2 * kFilterCap words
+
+template <int VEC, int NC>
+__device__ __forceinline__ bool filtered_select(const WarpTeam& team, const uint32_t (&key)[VEC * NC], int K,
+                                                uint32_t* cand, void* out, bool idx64, uint64_t& sel) {
+  constexpr int VPT = VEC * NC;
+  const int lane = team.rank;
+  // 1. the bound
+  uint32_t v = key[0];
+#pragma unroll
+  for (int p = 1; p < VPT; ++p) v = max(v, key[p]);
+#pragma unroll 1
+  for (int r = 1; r < K; ++r) {
+    const uint32_t top = __reduce_max_sync(kFullMask, v);
+    v = v == top ? kAbsentKey : v;
+  }
+  const uint32_t bound = max(__reduce_max_sync(kFullMask, v), kNanKey);  // absent keys never qualify
+  // 2. count and gather the candidates (any order: ties are broken by index in the rounds)
+  uint32_t mine = 0;
+#pragma unroll
+  for (int p = 0; p < VPT; ++p) mine += key[p] >= bound;
+  uint32_t total;
+  uint32_t slot = warp_exclusive_scan(mine, total);
+  if (total > (uint32_t)kFilterCap) return false;
+#pragma unroll
+  for (int p = 0; p < VPT; ++p)
+    if (key[p] >= bound) {
+      cand[2 * slot] = key[p];
+      cand[2 * slot + 1] = (uint32_t)elem_index<VEC>(team, p / VEC, p % VEC);
+      ++slot;
+    }
+  __syncwarp();
+  // 3. each lane holds slots lane and lane + 32, best first; empty slots have key 0
+  uint32_t k0 = 0, i0 = 0xffffffffu, k1 = 0, i1 = 0xffffffffu;
+  if ((uint32_t)lane < total) k0 = cand[2 * lane], i0 = cand[2 * lane + 1];
+  if ((uint32_t)lane + 32 < total) k1 = cand[2 * lane + 64], i1 = cand[2 * lane + 65];
+  __syncwarp();  // the next row may overwrite `cand`
+  if (k1 > k0 || (k1 == k0 && i1 < i0)) {
+    const uint32_t tk = k0, ti = i0;
+    k0 = k1, i0 = i1, k1 = tk, i1 = ti;
+  }
+  // Rounds: pops are predicated, and each lane notes the round at which each of its two candidates
+  // won; the indices are stored after the loop.
+  const uint32_t first_idx = i0, second_idx = i1;
+  int first_round = -1, second_round = -1;
+  bool popped = false;
+  uint32_t last_key = 0;
+#pragma unroll 1
+  for (int r = 0; r < K; ++r) {
+    const uint32_t best = __reduce_max_sync(kFullMask, k0);
+    const uint32_t tied = __ballot_sync(kFullMask, k0 == best);
+    bool won = (tied >> lane) & 1;
+    if (tied & (tied - 1)) {  // several lanes hold the maximum (uniform branch): lowest index wins
+      const uint32_t lowest = __reduce_min_sync(kFullMask, k0 == best ? i0 : 0xffffffffu);
+      won = won && i0 == lowest;
+    }
+    second_round = won && popped ? r : second_round;
+    first_round = won && !popped ? r : first_round;
+    popped = popped || won;
+    k0 = won ? k1 : k0;
+    i0 = won ? i1 : i0;
+    k1 = won ? kAbsentKey : k1;
+    last_key = best;
+  }
+  if (out != nullptr) {
+    if (first_round >= 0) put_index(out, idx64, first_round, first_idx);
+    if (second_round >= 0) put_index(out, idx64, second_round, second_idx);
+  }
+  const uint32_t last_idx = __reduce_min_sync(
+      kFullMask, first_round == K - 1 ? first_idx : (second_round == K - 1 ? second_idx : 0xffffffffu));
+  // 4. the selection: everything ranked at or above the K-th winner
+  sel = 0;
+#pragma unroll
+  for (int p = 0; p < VPT; ++p) {
+    const uint32_t k = key[p];
+    const bool in = k > last_key || (k == last_key && (uint32_t)elem_index<VEC>(team, p / VEC, p % VEC) <= last_idx);
+    sel |= (uint64_t)in << p;
+  }
+  return true;
+}
+
 // Bits of this thread's chunk -> LSB-first bitmap bytes. VEC consecutive elements of one thread
 // are VEC consecutive bits; 8/VEC neighbouring lanes share a byte (warp-uniform control flow).
 template <int VEC>
@@ -399,23 +547,44 @@ __device__ __forceinline__ void forward_row(const ForwardArgs& a, Team& team, in
   }
 
   // ---- 3. top-k
+  // Keys of softmax-post bf16 (f16) logits have 16 (13) constant low bits: they can hold
+  // (mask - index) instead, so that keys are unique and their order is the SPEC order with ties
+  // already broken by index. Applied after the group stage, which sums key values.
+  constexpr uint32_t kFreeBits = sizeof(T) == 2 ? (std::is_same<T, __half>::value ? 13 : 16) : 0;
+  uint32_t packed_mask = 0;
+  if (kFreeBits > 0 && a.packed) {  // the host checked mode and E (router.cu, keys_packed)
+    packed_mask = (1u << kFreeBits) - 1;
+#pragma unroll
+    for (int p = 0; p < VPT; ++p) {
+      const uint32_t e = (uint32_t)elem_index<VEC>(team, p / VEC, p % VEC);
+      if (key[p] != kAbsentKey) key[p] = (key[p] & ~packed_mask) | (packed_mask - e);
+    }
+  }
   uint64_t sel = 0;
-  if (!a.radix) {
+  void* out = a.indices == nullptr ? nullptr
+              : a.idx64           ? (void*)(static_cast<int64_t*>(a.indices) + row * a.K)
+                                  : (void*)(static_cast<int32_t*>(a.indices) + row * a.K);
+  bool selected = false;
+  if constexpr (Team::kIsWarp) {
+    if (a.topk == kTopkFiltered) selected = filtered_select<VEC, NC>(team, key, a.K, smem, out, a.idx64 != 0, sel);
+    if (!selected && !a.radix) {
+      sel = warp_rounds_select<VEC, NC>(team, key, a.K, packed_mask, out, a.idx64 != 0);
+      selected = true;
+    }
+  }
+  if (!selected && !a.radix) {
 #pragma unroll 1
     for (int r = 0; r < a.K; ++r) {
       ArgBest b = team.argbest(local_best<VEC, NC>(team, key, sel, 0, E));
       mark_taken<VEC, NC>(team.rank, team.size(), b.idx, sel);
-      if (a.indices != nullptr && team.rank == 0) {
-        if (a.idx64) static_cast<int64_t*>(a.indices)[row * a.K + r] = b.idx;
-        else static_cast<int32_t*>(a.indices)[row * a.K + r] = (int32_t)b.idx;
-      }
+      if (out != nullptr && team.rank == 0) put_index(out, a.idx64 != 0, r, b.idx);
     }
-  } else {
+  } else if (!selected) {
     sel = radix_select<VEC, NC>(team, key, a.K, smem);
-    if (a.indices != nullptr) {
+    if (out != nullptr) {
       uint32_t* list = smem + 256 + 4 + a.G;
-      if (a.idx64) write_sorted_indices<VEC, NC>(team, key, sel, a.K, list, static_cast<int64_t*>(a.indices) + row * a.K);
-      else write_sorted_indices<VEC, NC>(team, key, sel, a.K, list, static_cast<int32_t*>(a.indices) + row * a.K);
+      if (a.idx64) write_sorted_indices<VEC, NC>(team, key, sel, a.K, list, static_cast<int64_t*>(out));
+      else write_sorted_indices<VEC, NC>(team, key, sel, a.K, list, static_cast<int32_t*>(out));
     }
   }
 
@@ -591,8 +760,15 @@ __device__ __forceinline__ void backward_row(const BackwardArgs& a, Team& team, 
 // ---- kernels ---------------------------------------------------------------------------------
 // Warp teams: blockDim.x / 32 rows per block, each warp with its own slice of shared memory.
 // Block teams: one row per block; the first 128 words of shared memory are the team's scratch.
+// Short rows need little state per thread: asking for 12 blocks per SM (48 warps, at most 40
+// registers; 46 without the bound, 32 spills) hides more of the latency of the per-row reductions.
+template <int VPT>
+constexpr int warp_kernel_min_blocks() {
+  return VPT <= 4 ? 12 : 1;
+}
+
 template <typename T, int VEC, int NC>
-__global__ void forward_warp_kernel(ForwardArgs a) {
+__global__ void __launch_bounds__(128, warp_kernel_min_blocks<VEC * NC>()) forward_warp_kernel(ForwardArgs a) {
   extern __shared__ uint32_t smem[];
   const int warp = threadIdx.x >> 5;
   const int64_t row = (int64_t)blockIdx.x * (blockDim.x >> 5) + warp;
