@@ -272,7 +272,6 @@ __device__ __forceinline__ uint64_t warp_rounds_select(const WarpTeam& team, uin
   uint64_t real = 0;
 #pragma unroll
   for (int p = 0; p < VPT; ++p) real |= (uint64_t)(key[p] != kAbsentKey) << p;
-  uint32_t held = 0;
 #pragma unroll 1
   for (int r = 0; r < K; ++r) {
     uint32_t m = key[0];
@@ -294,10 +293,9 @@ __device__ __forceinline__ uint64_t warp_rounds_select(const WarpTeam& team, uin
       for (int p = 0; p < VPT; ++p)
         if ((uint32_t)elem_index<VEC>(team, p / VEC, p % VEC) == winner) key[p] = kAbsentKey;
     }
-    // lane (r mod 32) keeps round r's winner; every 32 rounds the warp stores them in one sweep
-    held = team.rank == (r & 31) ? winner : held;
-    if (out != nullptr && ((r & 31) == 31 || r == K - 1) && team.rank <= (r & 31))
-      put_index(out, idx64, (r & ~31) + team.rank, held);
+    // (v2 tried keeping round r's winner in lane r mod 32 and storing 32 at a time: with the launch
+    // bound noted at forward_warp_kernel, the forward got 5-11% slower, so both were dropped.)
+    if (out != nullptr && team.rank == 0) put_index(out, idx64, r, winner);
   }
   uint64_t sel = 0;
 #pragma unroll
@@ -306,9 +304,8 @@ __device__ __forceinline__ uint64_t warp_rounds_select(const WarpTeam& team, uin
 }
 
 // Filtered top-k for K <= 32 on a warp team: most of a row cannot be in the top k, so filter first.
-// A lower bound of the K-th largest key: K - 1 rounds that each remove the largest lane maximum
-// (with every lane tied to it) leave a maximum no larger than the K-th largest lane maximum, which
-// is itself no larger than the row's K-th largest key. The keys at or above the bound, usually a few
+// A lower bound of the K-th largest key: the K-th largest of the 32 lane maxima (those K maxima are
+// K distinct elements of the row). The keys at or above the bound, usually a few
 // more than K, are gathered into shared memory (at most kFilterCap) and the K rounds of arg-max run
 // over two candidates per lane instead of every key of the row: one redux.max and a ballot per
 // round, a second redux only when two lanes hold the same key. The last winner is the threshold:
@@ -321,16 +318,20 @@ __device__ __forceinline__ bool filtered_select(const WarpTeam& team, const uint
                                                 uint32_t* cand, void* out, bool idx64, uint64_t& sel) {
   constexpr int VPT = VEC * NC;
   const int lane = team.rank;
-  // 1. the bound
+  // 1. the bound: a bitonic sort of the lane maxima (descending), read at K - 1. (v2 also tried K - 1
+  // rounds of redux.max that each drop the largest lane maximum: as tight, fewer instructions, but
+  // dependent redux latencies made the forward 30% slower at E = 512, K = 22.)
   uint32_t v = key[0];
 #pragma unroll
   for (int p = 1; p < VPT; ++p) v = max(v, key[p]);
-#pragma unroll 1
-  for (int r = 1; r < K; ++r) {
-    const uint32_t top = __reduce_max_sync(kFullMask, v);
-    v = v == top ? kAbsentKey : v;
-  }
-  const uint32_t bound = max(__reduce_max_sync(kFullMask, v), kNanKey);  // absent keys never qualify
+#pragma unroll
+  for (int k = 2; k <= 32; k <<= 1)
+#pragma unroll
+    for (int j = k >> 1; j > 0; j >>= 1) {
+      const uint32_t u = __shfl_xor_sync(kFullMask, v, j);
+      v = (((lane & j) == 0) == ((lane & k) == 0)) ? max(v, u) : min(v, u);
+    }
+  const uint32_t bound = max(__shfl_sync(kFullMask, v, K - 1), kNanKey);  // absent keys never qualify
   // 2. count and gather the candidates (any order: ties are broken by index in the rounds)
   uint32_t mine = 0;
 #pragma unroll
@@ -760,15 +761,9 @@ __device__ __forceinline__ void backward_row(const BackwardArgs& a, Team& team, 
 // ---- kernels ---------------------------------------------------------------------------------
 // Warp teams: blockDim.x / 32 rows per block, each warp with its own slice of shared memory.
 // Block teams: one row per block; the first 128 words of shared memory are the team's scratch.
-// Short rows need little state per thread: asking for 12 blocks per SM (48 warps, at most 40
-// registers; 46 without the bound, 32 spills) hides more of the latency of the per-row reductions.
-template <int VPT>
-constexpr int warp_kernel_min_blocks() {
-  return VPT <= 4 ? 12 : 1;
-}
-
+// (v2 tried __launch_bounds__(128, 12) for VPT <= 4, 40 registers instead of 46: see warp_rounds_select.)
 template <typename T, int VEC, int NC>
-__global__ void __launch_bounds__(128, warp_kernel_min_blocks<VEC * NC>()) forward_warp_kernel(ForwardArgs a) {
+__global__ void forward_warp_kernel(ForwardArgs a) {
   extern __shared__ uint32_t smem[];
   const int warp = threadIdx.x >> 5;
   const int64_t row = (int64_t)blockIdx.x * (blockDim.x >> 5) + warp;
