@@ -1,19 +1,22 @@
 // Router forward: the library's kernel next to candidate rewrites, on one page (llm.c dev/cuda style).
 // Not part of libmoekit. Softmax-post, bf16 logits, bytemap, no groups: the rows where the forward
-// is furthest from the copy ceiling (bench/NOTES.md v1). Every variant is checked bit for bit
+// is furthest from the copy ceiling (bench/NOTES.md v1, v2). Every variant is checked bit for bit
 // against the library's kernel (same arithmetic order) before it is timed.
 //
 //   nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a --expt-relaxed-constexpr \
-//        -Iinclude -Ikernels dev/router_forward_variants.cu -o /tmp/rfv && /tmp/rfv [T]
+//        -Iinclude -Ikernels dev/router_forward_variants.cu -o /tmp/rfv && /tmp/rfv [T] [profile]
+//   ("profile": one launch of copy / library / filtered per case and no timing, for ncu)
 //
 // Variants:
 //   copy      reads logits, writes probs/map/intermediate with the same per-lane layout and no
 //             top-k: what this access pattern can reach (the practical floor of the op).
-//   library   forward_warp_kernel (non-pipelined) and forward_warp_pipelined_kernel, iterative top-k.
-//   lean      warp per row; a round is max over the lane's keys, one redux.max, the lane's first
-//             position holding the maximum, one redux.min over indices, and the winner's key
-//             cleared to 0 (no range checks, no taken-bit tests): 31 SASS instructions per round
-//             at E = 128 against the library's 55 (cuobjdump, sm_90a).
+//   library   forward_warp_kernel with its warp rounds (index-packed keys); the reference.
+//   filtered  the same kernel with the filtered top-k forced (ForwardArgs::topk).
+//   pipelined forward_warp_pipelined_kernel (cp.async staging, persistent warps), filtered.
+//   lean      warp per row, unpacked keys; a round is max over the lane's keys, one redux.max, the
+//             lane's first position holding the maximum, one redux.min over indices, and the
+//             winner's key cleared to 0 (the library's v1 rounds took 55 SASS instructions per
+//             round at E = 128, lean 31; v2 adopted this round, plus packed keys).
 //   subwarpN  the lean round on N lanes per row (32/N rows per warp), 16-byte chunks per lane,
 //             shuffle trees of log2(N) steps: 93 instructions per round for 4 rows at E = 128.
 // Timing: CUDA events, median of 15 samples of 20 launches, inputs rotated over > 4x L2.
