@@ -28,7 +28,7 @@ int radix_min_k(int E, bool packed) {
   return 32;
 }
 // Filtered top-k (router_kernels.cuh, filtered_select) on warp teams whose lanes hold at least this
-// many keys, for unpacked keys and 6 <= K <= 24: it won only there (f32, E = 1024: 0.83-0.95x of
+// many keys, for unpacked keys and 6 <= K <= 24: it won only there (f32, E = 1024: 0.84-0.99x the time of
 // the best other path; E <= 512 or packed keys: 3-20% slower; K = 32 overflows its 64 candidates).
 // 0 turns it off, 1 tries it wherever K <= 32 (bench/router_crossover.py does that).
 int filter_min_keys_per_lane() {
@@ -54,8 +54,8 @@ int vec_for(moekit_dtype_t t, int vpt) {
 }
 
 // Forward rows staged through shared memory by cp.async on persistent warps. Off by default: on the
-// H100 it was slower in every bench/router.py row (0.81-0.99x of plain loads, bench/NOTES.md v2);
-// 1 turns it on.
+// H100, plain loads took 0.81-0.99x its time in every forward row of the A/B (bench/NOTES.md v2),
+// but that A/B did not time the radix path alone, where it may still pay; 1 turns it on.
 int pipeline_enabled() {
   static const int v = env_int("MOEKIT_ROUTER_PIPELINE", 0);
   return v;
