@@ -294,7 +294,8 @@ extern "C" MOEKIT_API moekit_status_t moekit_router_topk_forward(
     const void* vec_ptrs[] = {logits, probs, intermediate, a.map_kind == kMapBytes ? a.map : nullptr};
     // cp.async needs 16-byte aligned rows
     const int row_bytes = (int)num_experts * esize;
-    const bool pipeline = pipeline_enabled() && row_bytes % 16 == 0 && aligned(logits, 16);
+    const int pipe = pipeline_enabled();  // 2: only rows that take radix select (to be measured, NOTES v2)
+    const bool pipeline = (pipe == 1 || (pipe == 2 && a.radix)) && row_bytes % 16 == 0 && aligned(logits, 16);
     return run(op, logits_dtype, a, num_tokens, words, pipeline ? row_bytes : 0, reinterpret_cast<cudaStream_t>(stream),
                vec_ptrs, 4);
   });

@@ -600,7 +600,10 @@ __device__ __forceinline__ void forward_row(const ForwardArgs& a, Team& team, in
     float z = 0.0f;
 #pragma unroll
     for (int p = 0; p < VPT; ++p) {
-      w[p] = ((sel >> p) & 1) ? expf(s[p] - m) : 0.0f;
+      // exp for every element and a select, not a branch per element (the warp runs each exp anyway
+      // as soon as one lane's element is selected); values off the selection are discarded
+      const float e = expf(s[p] - m);
+      w[p] = ((sel >> p) & 1) ? e : 0.0f;
       z += w[p];
     }
     const float inv = 1.0f / team.sum(z);
