@@ -1,10 +1,12 @@
-"""Which top-k path wins where in the router forward: iterative rounds, radix select, filtered.
+"""Which top-k path wins where in the router forward: iterative rounds, radix select, filtered, packed team.
 
 The library reads its tuning knobs once per process, so each path is timed in its own child process
 over the same grid of (E, K), softmax-post, T = 65536:
   iterative  MOEKIT_ROUTER_RADIX_MIN_K=99999, filter off
   radix      MOEKIT_ROUTER_RADIX_MIN_K=1, filter off
   filtered   MOEKIT_ROUTER_FILTER_MIN_VPT=1 (warp teams, K <= 32; falls back to iterative)
+  team       MOEKIT_ROUTER_TEAM_MAX_K=9999 (packed team rows: bf16, E <= 512 only)
+The first three turn the packed team rows off (MOEKIT_ROUTER_TEAM_MAX_K=0).
 Prints the three times per (E, K) and the winner: the defaults in kernels/router/router.cu come from
 this table (bench/NOTES.md). bf16 softmax-post keys are index-packed (unique); f32 keys are not.
 
@@ -24,11 +26,14 @@ import _common  # noqa: E402
 
 EXPERTS = (128, 256, 512, 1024, 2304)
 TOPKS = (2, 4, 6, 8, 12, 16, 22, 32)
+NO_TEAM = {"MOEKIT_ROUTER_TEAM_MAX_K": "0"}
 MODES = {
-    "iterative": {"MOEKIT_ROUTER_RADIX_MIN_K": "99999", "MOEKIT_ROUTER_FILTER_MIN_VPT": "0"},
-    "radix": {"MOEKIT_ROUTER_RADIX_MIN_K": "1", "MOEKIT_ROUTER_FILTER_MIN_VPT": "0"},
-    "filtered": {"MOEKIT_ROUTER_RADIX_MIN_K": "99999", "MOEKIT_ROUTER_FILTER_MIN_VPT": "1"},
+    "iterative": {"MOEKIT_ROUTER_RADIX_MIN_K": "99999", "MOEKIT_ROUTER_FILTER_MIN_VPT": "0", **NO_TEAM},
+    "radix": {"MOEKIT_ROUTER_RADIX_MIN_K": "1", "MOEKIT_ROUTER_FILTER_MIN_VPT": "0", **NO_TEAM},
+    "filtered": {"MOEKIT_ROUTER_RADIX_MIN_K": "99999", "MOEKIT_ROUTER_FILTER_MIN_VPT": "1", **NO_TEAM},
+    "team": {"MOEKIT_ROUTER_TEAM_MAX_K": "9999"},
 }
+TEAM_MAX_E = 512  # packed team rows exist for bf16 only, up to this E
 
 
 def child(dtype_name: str, tokens: int) -> None:
@@ -80,9 +85,9 @@ def main(argv=None) -> int:
     rows, first_radix = [], {}
     for key in times["radix"]:
         E, K = (int(v) for v in key.split(","))
-        us = {m: times[m][key] for m in MODES}
+        us = {m: times[m][key] for m in MODES if m != "team" or (args.dtype == "bf16" and E <= TEAM_MAX_E)}
         winner = min(us, key=us.get)
-        rows.append([E, K] + [f"{us[m]:.1f}" for m in MODES] + [winner])
+        rows.append([E, K] + [f"{us[m]:.1f}" if m in us else "-" for m in MODES] + [winner])
         if us["radix"] < us["iterative"] and E not in first_radix:
             first_radix[E] = K
     _common.write_json(args.out, f"router_crossover_{args.dtype}", {"dtype": args.dtype, "tokens": args.tokens,

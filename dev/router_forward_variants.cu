@@ -17,8 +17,9 @@
 //             lane's first position holding the maximum, one redux.min over indices, and the
 //             winner's key cleared to 0 (the library's v1 rounds took 55 SASS instructions per
 //             round at E = 128, lean 31; v2 adopted this round, plus packed keys).
-//   packedN   (v3 candidate) N = E / 16 lanes per row, 16 bf16 per lane, only raw values and packed
-//             keys in registers, one max + log2(N) shuffles + clear per round (packed_subwarp_kernel).
+//   packedN   the library's forward_packed_team_kernel (v3): N = E / 16 lanes per row, 16 bf16 per
+//             lane, only raw values and packed keys in registers, one max + log2(N) shuffles + clear
+//             per round.
 //   subwarpN  the lean round on N lanes per row (32/N rows per warp), 16-byte chunks per lane,
 //             shuffle trees of log2(N) steps: 93 instructions per round for 4 rows at E = 128.
 // Timing: CUDA events, median of 15 samples of 20 launches, inputs rotated over > 4x L2.
@@ -172,88 +173,6 @@ __global__ void subwarp_kernel(ForwardArgs a) {
   }
 }
 
-// ---- packedN: register-lean sub-warp rows with index-packed keys (the v3 candidate) -----------
-// LANES = E / 16 lanes per row, 16 bf16 per lane (two 16-byte chunks), 32 / LANES rows per warp.
-// A lane keeps only its 16 raw bf16 values (8 registers) and 16 packed keys (bf16 softmax-post:
-// (order_key & 0xffff0000) | (0xffff - index), unique, SPEC order). A round is a max over the 16
-// keys, log2(LANES) xor-shuffles, and the winner cleared to 0 (packed keys are >= 1), so at the end
-// "selected" = "key is 0". The softmax max is the first round's winner, decoded from its key. Round
-// r's index is kept by lane r mod LANES and stored once per LANES rounds. E must be LANES * 16.
-__device__ __forceinline__ float packed_key_value(uint32_t k) {
-  const uint32_t hi = k & 0xffff0000u;  // the order key of a bf16 value, index bits dropped
-  if (hi == 0) return __uint_as_float(0x7fc00000u);  // NaN (order key 1 packs to 0x0000xxxx)
-  return __uint_as_float(hi & 0x80000000u ? hi & 0x7fffffffu : ~(hi | 0xffffu));
-}
-
-// MIN_BLOCKS = 10 asks for <= 48 registers (a 4-byte spill), 0 leaves it to ptxas (54): both timed.
-template <int LANES, int MIN_BLOCKS>
-__global__ void __launch_bounds__(128, MIN_BLOCKS) packed_subwarp_kernel(ForwardArgs a) {
-  constexpr int kChunks = 2, kPer = 8, kKeys = kChunks * kPer;
-  const int lane = threadIdx.x & 31, t = lane % LANES;
-  const int64_t row = ((int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5)) * (32 / LANES) + lane / LANES;
-  const bool live = row < a.T;  // dead teams still take part in the shuffles
-  const int64_t off = (live ? row : 0) * a.E;
-  const bf16* x = static_cast<const bf16*>(a.logits) + off;
-  uint4 raw[kChunks];
-#pragma unroll
-  for (int c = 0; c < kChunks; ++c) raw[c] = *reinterpret_cast<const uint4*>(x + (c * LANES + t) * kPer);
-  auto value = [&](int p) {  // element p of this lane as float
-    const uint32_t w = (&raw[p / kPer].x)[(p % kPer) / 2];
-    return __uint_as_float(p % 2 == 0 ? w << 16 : w & 0xffff0000u);
-  };
-  uint32_t key[kKeys];
-#pragma unroll
-  for (int p = 0; p < kKeys; ++p) {
-    const uint32_t e = (uint32_t)(((p / kPer) * LANES + t) * kPer + p % kPer);
-    key[p] = (order_key(value(p)) & 0xffff0000u) | (0xffffu - e);
-  }
-  uint32_t first = 0, held = 0;
-  int32_t* out = static_cast<int32_t*>(a.indices) + (live ? row : 0) * a.K;
-#pragma unroll 1
-  for (int r = 0; r < a.K; ++r) {
-    uint32_t m = key[0];
-#pragma unroll
-    for (int p = 1; p < kKeys; ++p) m = max(m, key[p]);
-#pragma unroll
-    for (int o = LANES / 2; o > 0; o >>= 1) m = max(m, __shfl_xor_sync(kFullMask, m, o));
-    first = r == 0 ? m : first;
-#pragma unroll
-    for (int p = 0; p < kKeys; ++p) key[p] = key[p] == m ? 0u : key[p];
-    held = t == r % LANES ? 0xffffu - (m & 0xffffu) : held;
-    if (live && (r % LANES == LANES - 1 || r == a.K - 1) && t <= r % LANES) out[r - r % LANES + t] = (int32_t)held;
-  }
-  const float mx = packed_key_value(first);
-  float w[kKeys], z = 0.0f;
-#pragma unroll
-  for (int p = 0; p < kKeys; ++p) {
-    const float e = expf(value(p) - mx);
-    w[p] = key[p] == 0 ? e : 0.0f;
-    z += w[p];
-  }
-#pragma unroll
-  for (int o = LANES / 2; o > 0; o >>= 1) z += __shfl_xor_sync(kFullMask, z, o);
-  const float inv = 1.0f / z;
-  if (!live) return;
-#pragma unroll
-  for (int c = 0; c < kChunks; ++c) {
-    const int e0 = (c * LANES + t) * kPer;
-    float pr[kPer], im[kPer];
-    uint8_t mb[kPer];
-#pragma unroll
-    for (int v = 0; v < kPer; ++v) {
-      const int p = c * kPer + v;
-      const bool on = key[p] == 0;
-      const float wp = w[p] * inv;
-      pr[v] = on ? wp * a.scale : 0.0f;
-      im[v] = on ? wp : -INFINITY;
-      mb[v] = on;
-    }
-    store_chunk<bf16, kPer>(static_cast<bf16*>(a.probs) + off, e0, a.E, true, pr);
-    store_chunk<float, kPer>(a.intermediate + off, e0, a.E, true, im);
-    store_bytes<kPer>(a.map + off, e0, a.E, true, mb);
-  }
-}
-
 // ---- harness ---------------------------------------------------------------------------------
 struct Buffers {
   bf16* x;
@@ -403,13 +322,10 @@ void run_case(int64_t T, int E, int K, float copy_gbs) {
   if constexpr (VEC * NC * 32 / 16 >= 8 && VEC * NC * 32 / 16 <= 32) {  // E = 128 .. 512
     constexpr int kLanes = VEC * NC * 32 / 16;
     const unsigned pk_blocks = (unsigned)((T + 4 * (32 / kLanes) - 1) / (4 * (32 / kLanes)));
-    auto pk = [&](int i) { packed_subwarp_kernel<kLanes, 0><<<pk_blocks, threads>>>(args(bufs[i])); };
-    auto pk48 = [&](int i) { packed_subwarp_kernel<kLanes, 10><<<pk_blocks, threads>>>(args(bufs[i])); };
+    auto pk = [&](int i) { forward_packed_team_kernel<bf16, kLanes><<<pk_blocks, threads>>>(args(bufs[i])); };
     char name[32];
     std::snprintf(name, sizeof(name), "packed%d", kLanes);
     if (E == kLanes * 16 && same_as_library(name)(pk)) report(name, time_us(pk, sets));
-    std::snprintf(name, sizeof(name), "packed%d/48", kLanes);
-    if (E == kLanes * 16 && same_as_library(name)(pk48)) report(name, time_us(pk48, sets));
   }
   if constexpr (VEC * NC * 32 / 16 >= 8) {
     constexpr int kNcSub = 2, kLanes = VEC * NC * 32 / (8 * kNcSub);

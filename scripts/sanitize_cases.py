@@ -21,6 +21,11 @@ CASES = [  # (T, E, K, score, pre, groups, bias, map_format, dtype)
     (3, 16384, 32, "softmax", True, (8, 4), False, "bytemap", torch.float32),
     (5, 1024, 8, "softmax", False, (0, 0), False, "indices", torch.float32),  # filtered top-k
     (6, 512, 22, "softmax", False, (0, 0), False, "indices", torch.bfloat16),  # packed keys, radix
+    # packed team rows (forward_packed_team_kernel): scalar path (odd E), f16, bitmap, partial warps
+    (21, 100, 6, "softmax", False, (0, 0), False, "bitmap", torch.bfloat16),
+    (13, 136, 8, "softmax", False, (0, 0), False, "bytemap", torch.float16),
+    (9, 512, 16, "softmax", False, (0, 0), False, "indices", torch.bfloat16),
+    (33, 24, 5, "softmax", False, (0, 0), False, "bytemap", torch.bfloat16),
 ]
 
 

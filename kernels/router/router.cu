@@ -61,12 +61,32 @@ int pipeline_enabled() {
   return v;
 }
 
+// Packed team rows (forward_packed_team_kernel): bf16/f16 softmax-post without groups, E <= 512, and
+// K up to this bound (above it radix select is faster; bench/NOTES.md v3). 0 turns them off.
+int team_max_k(int E) {
+  static const int forced = env_int("MOEKIT_ROUTER_TEAM_MAX_K", -1);
+  if (forced >= 0) return forced;
+  return E <= 128 ? 32 : E <= 256 ? 24 : 20;
+}
+int packed_team_lanes(const ForwardArgs& a) {
+  if (!a.packed || a.G > 0 || a.E > kTeamMaxExperts || a.K > team_max_k(a.E)) return 0;
+  return next_pow2((a.E + kTeamKeys - 1) / kTeamKeys);
+}
+
 // `smem_words_per_team`: shared memory one team needs besides a block team's scratch.
 // `pipeline_row_bytes` > 0 asks for the pipelined forward kernel (warp teams only).
-LaunchShape choose_shape(int64_t T, int E, int smem_words_per_team, int pipeline_row_bytes, const DeviceInfo& dev) {
+// `team_lanes` > 0 asks for the packed team kernel (forward only, packed_team_lanes).
+LaunchShape choose_shape(int64_t T, int E, int smem_words_per_team, int pipeline_row_bytes, int team_lanes,
+                         const DeviceInfo& dev) {
   LaunchShape s{};
   s.sm_count = dev.sm_count;
-  if (E <= warp_max_experts()) {
+  if (team_lanes > 0) {
+    const int rows_per_block = kWarpsPerBlock * (32 / team_lanes);
+    s.team_lanes = team_lanes;
+    s.vpt = kTeamKeys;
+    s.threads = 32 * kWarpsPerBlock;
+    s.blocks = (T + rows_per_block - 1) / rows_per_block;
+  } else if (E <= warp_max_experts()) {
     s.block_team = false;
     s.vpt = next_pow2((E + 31) / 32);
     s.threads = 32 * kWarpsPerBlock;
@@ -198,12 +218,13 @@ cudaError_t launch<BackwardArgs>(moekit_dtype_t dtype, bool, const BackwardArgs&
 // Common tail: device query, launch shape, shared-memory limit, vector-path flag, launch.
 template <typename Args>
 moekit_status_t run(const char* op, moekit_dtype_t dtype, Args& a, int64_t T, int smem_words_per_team,
-                    int pipeline_row_bytes, cudaStream_t stream, const void* const* vec_ptrs, int n_vec_ptrs) {
+                    int pipeline_row_bytes, int team_lanes, cudaStream_t stream, const void* const* vec_ptrs,
+                    int n_vec_ptrs) {
   const DeviceInfo* dev = nullptr;
   moekit_status_t st = current_device(op, &dev);
   if (st != MOEKIT_SUCCESS) return st;
   smem_words_per_team = (smem_words_per_team + 3) / 4 * 4;  // keeps later regions 16-byte aligned
-  LaunchShape s = choose_shape(T, a.E, smem_words_per_team, pipeline_row_bytes, *dev);
+  LaunchShape s = choose_shape(T, a.E, smem_words_per_team, pipeline_row_bytes, team_lanes, *dev);
   if (s.smem_bytes > (size_t)dev->max_smem_per_block_optin)
     return fail(MOEKIT_NOT_SUPPORTED, "%s: needs %zu bytes of shared memory per block, device %d allows %d", op,
                 s.smem_bytes, dev->device, dev->max_smem_per_block_optin);
@@ -294,10 +315,10 @@ extern "C" MOEKIT_API moekit_status_t moekit_router_topk_forward(
     const void* vec_ptrs[] = {logits, probs, intermediate, a.map_kind == kMapBytes ? a.map : nullptr};
     // cp.async needs 16-byte aligned rows
     const int row_bytes = (int)num_experts * esize;
-    const int pipe = pipeline_enabled();  // 2: only rows that take radix select (to be measured, NOTES v2)
-    const bool pipeline = (pipe == 1 || (pipe == 2 && a.radix)) && row_bytes % 16 == 0 && aligned(logits, 16);
-    return run(op, logits_dtype, a, num_tokens, words, pipeline ? row_bytes : 0, reinterpret_cast<cudaStream_t>(stream),
-               vec_ptrs, 4);
+    const int team_lanes = packed_team_lanes(a);
+    const bool pipeline = team_lanes == 0 && pipeline_enabled() && row_bytes % 16 == 0 && aligned(logits, 16);
+    return run(op, logits_dtype, a, num_tokens, team_lanes > 0 ? 0 : words, pipeline ? row_bytes : 0, team_lanes,
+               reinterpret_cast<cudaStream_t>(stream), vec_ptrs, 4);
   });
 }
 
@@ -337,6 +358,6 @@ extern "C" MOEKIT_API moekit_status_t moekit_router_topk_backward(
     a.scale = scaling_factor;
     const int words = a.map_kind == kMapNone ? (a.E + 3) / 4 : 0;  // byte mask built from the indices
     const void* vec_ptrs[] = {grad_probs, intermediate, grad_logits, a.map_kind == kMapBytes ? a.map : nullptr};
-    return run(op, grad_dtype, a, num_tokens, words, 0, reinterpret_cast<cudaStream_t>(stream), vec_ptrs, 4);
+    return run(op, grad_dtype, a, num_tokens, words, 0, 0, reinterpret_cast<cudaStream_t>(stream), vec_ptrs, 4);
   });
 }

@@ -761,6 +761,129 @@ __device__ __forceinline__ void backward_row(const BackwardArgs& a, Team& team, 
   }
 }
 
+// ---- packed team rows (index-packed keys, E <= 512) ------------------------------------------
+// The forward for softmax-post rows with 16-bit logits and no groups (router.cu picks it): keys
+// are unique once packed, so a round needs one max and no index reduction, and the softmax needs
+// only the selected values. A team of LANES lanes (E / 16 rounded up to a power of 2) owns a row,
+// 32 / LANES rows per warp, 16 elements per lane in two chunks of 8: chunk c of rank t covers
+// [(c * LANES + t) * 8, + 8). A lane keeps only the raw 16-bit values (8 registers) and the packed
+// keys (16), so a warp runs its rows' rounds in one instruction stream with few registers: the
+// whole-warp row (forward_row) needs ~600 instructions per row at E = 128, K = 8, this ~240
+// (bench/NOTES.md v3). A round: max over the lane's 16 keys, log2(LANES) xor-shuffles, the winner
+// cleared to kAbsentKey; "selected" = "a real element whose key is now absent". Round r's index is
+// kept by rank r mod LANES and stored LANES at a time.
+constexpr int kTeamChunks = 2, kTeamVec = 8, kTeamKeys = kTeamChunks * kTeamVec;
+constexpr int kTeamMaxExperts = 32 * kTeamKeys;
+
+template <typename T>
+__device__ __forceinline__ float raw_to_float(uint32_t bits16) {
+  if constexpr (std::is_same<T, __nv_bfloat16>::value) return __uint_as_float(bits16 << 16);
+  else return __half2float(__ushort_as_half((unsigned short)bits16));
+}
+
+// The value of a packed key, its index bits dropped (kMask: the packed bits).
+template <uint32_t kMask>
+__device__ __forceinline__ float packed_key_value(uint32_t k) {
+  const uint32_t hi = k & ~kMask;
+  if (hi == 0) return __uint_as_float(0x7fc00000u);  // NaN: kNanKey packs to (kMask - index)
+  return __uint_as_float(hi & 0x80000000u ? hi & 0x7fffffffu : ~(hi | kMask));
+}
+
+template <typename T, int LANES>
+__global__ void __launch_bounds__(128) forward_packed_team_kernel(ForwardArgs a) {
+  static_assert(sizeof(T) == 2, "packed keys need 16-bit logits");
+  constexpr uint32_t kMask = std::is_same<T, __half>::value ? 0x1fffu : 0xffffu;  // free low key bits
+  const int lane = threadIdx.x & 31, t = lane % LANES;
+  const int64_t row = ((int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5)) * (32 / LANES) + lane / LANES;
+  const bool live = row < a.T;  // a dead team still takes part in the warp's shuffles
+  const int E = a.E;
+  const int64_t off = (live ? row : 0) * (int64_t)E;
+  const bool vec = a.vec != 0;  // E % 8 == 0 and 16-byte aligned buffers (router.cu)
+  auto elem = [&](int p) { return ((p / kTeamVec) * LANES + t) * kTeamVec + p % kTeamVec; };
+
+  // ---- load: raw 16-bit values, two per register; padding reads as 0 (its key is absent)
+  uint32_t raw[kTeamKeys / 2];
+  const uint16_t* x = reinterpret_cast<const uint16_t*>(a.logits) + off;
+#pragma unroll
+  for (int c = 0; c < kTeamChunks; ++c) {
+    const int e0 = (c * LANES + t) * kTeamVec;
+    if (vec) {
+      const uint4 v = e0 < E ? *reinterpret_cast<const uint4*>(x + e0) : make_uint4(0, 0, 0, 0);
+      raw[4 * c] = v.x, raw[4 * c + 1] = v.y, raw[4 * c + 2] = v.z, raw[4 * c + 3] = v.w;
+    } else {
+#pragma unroll
+      for (int v = 0; v < kTeamVec; v += 2) {
+        const uint32_t lo = e0 + v < E ? x[e0 + v] : 0u, hi = e0 + v + 1 < E ? x[e0 + v + 1] : 0u;
+        raw[(c * kTeamVec + v) / 2] = lo | (hi << 16);
+      }
+    }
+  }
+  auto value = [&](int p) { return raw_to_float<T>(p % 2 == 0 ? raw[p / 2] & 0xffffu : raw[p / 2] >> 16); };
+  uint32_t key[kTeamKeys];
+#pragma unroll
+  for (int p = 0; p < kTeamKeys; ++p)
+    key[p] = elem(p) < E ? (order_key(value(p)) & ~kMask) | (kMask - (uint32_t)elem(p)) : kAbsentKey;
+
+  // ---- rounds
+  void* out = a.indices == nullptr ? nullptr
+              : a.idx64           ? (void*)(static_cast<int64_t*>(a.indices) + (live ? row : 0) * a.K)
+                                  : (void*)(static_cast<int32_t*>(a.indices) + (live ? row : 0) * a.K);
+  uint32_t first = 0, held = 0;
+#pragma unroll 1
+  for (int r = 0; r < a.K; ++r) {
+    uint32_t m = key[0];
+#pragma unroll
+    for (int p = 1; p < kTeamKeys; ++p) m = max(m, key[p]);
+#pragma unroll
+    for (int o = LANES / 2; o > 0; o >>= 1) m = max(m, __shfl_xor_sync(kFullMask, m, o));
+    first = r == 0 ? m : first;
+#pragma unroll
+    for (int p = 0; p < kTeamKeys; ++p) key[p] = key[p] == m ? kAbsentKey : key[p];
+    const int slot = r % LANES;
+    held = t == slot ? kMask - (m & kMask) : held;
+    if (out != nullptr && live && (slot == LANES - 1 || r == a.K - 1) && t <= slot)
+      put_index(out, a.idx64 != 0, r - slot + t, held);
+  }
+
+  // ---- weights: softmax over the selected values; their maximum is the first winner's value
+  const float mx = packed_key_value<kMask>(first);
+  float w[kTeamKeys], z = 0.0f;
+#pragma unroll
+  for (int p = 0; p < kTeamKeys; ++p) {
+    const float e = expf(value(p) - mx);  // for every element, then a select: no branch per element
+    w[p] = key[p] == kAbsentKey && elem(p) < E ? e : 0.0f;
+    z += w[p];
+  }
+#pragma unroll
+  for (int o = LANES / 2; o > 0; o >>= 1) z += __shfl_xor_sync(kFullMask, z, o);
+  const float inv = 1.0f / z;
+  if (!live) return;
+
+  // ---- outputs
+#pragma unroll
+  for (int c = 0; c < kTeamChunks; ++c) {
+    const int e0 = (c * LANES + t) * kTeamVec;
+    if (e0 >= E) continue;
+    float pr[kTeamVec], im[kTeamVec];
+    uint8_t mb[kTeamVec];
+    uint32_t bits = 0;
+#pragma unroll
+    for (int v = 0; v < kTeamVec; ++v) {
+      const int p = c * kTeamVec + v;
+      const bool on = key[p] == kAbsentKey && e0 + v < E;
+      const float wp = w[p] * inv;
+      pr[v] = on ? wp * a.scale : 0.0f;
+      im[v] = on ? wp : -INFINITY;
+      mb[v] = on;
+      bits |= (uint32_t)on << v;
+    }
+    store_chunk<T, kTeamVec>(static_cast<T*>(a.probs) + off, e0, E, vec, pr);
+    store_chunk<float, kTeamVec>(a.intermediate + off, e0, E, vec, im);
+    if (a.map_kind == kMapBytes) store_bytes<kTeamVec>(a.map + off, e0, E, vec, mb);
+    else if (a.map_kind == kMapBits) store_bitmap_chunk<kTeamVec>(a.map + row * (int64_t)((E + 7) / 8), e0, E, bits);
+  }
+}
+
 // ---- kernels ---------------------------------------------------------------------------------
 // Warp teams: blockDim.x / 32 rows per block, each warp with its own slice of shared memory.
 // Block teams: one row per block; the first 128 words of shared memory are the team's scratch.
