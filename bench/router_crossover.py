@@ -5,8 +5,8 @@ over the same grid of (E, K), softmax-post, T = 65536:
   iterative  MOEKIT_ROUTER_RADIX_MIN_K=99999, filter off
   radix      MOEKIT_ROUTER_RADIX_MIN_K=1, filter off
   filtered   MOEKIT_ROUTER_FILTER_MIN_VPT=1 (warp teams, K <= 32; falls back to iterative)
-  team       MOEKIT_ROUTER_TEAM_MAX_K=9999 (packed team rows: bf16, E <= 512 only)
-The first three turn the packed team rows off (MOEKIT_ROUTER_TEAM_MAX_K=0).
+  team       MOEKIT_ROUTER_TEAM_MAX_K=9999 (team rows, E <= 512 only)
+The first three turn the team rows off (MOEKIT_ROUTER_TEAM_MAX_K=0).
 Prints the three times per (E, K) and the winner: the defaults in kernels/router/router.cu come from
 this table (bench/NOTES.md). bf16 softmax-post keys are index-packed (unique); f32 keys are not.
 
@@ -33,7 +33,7 @@ MODES = {
     "filtered": {"MOEKIT_ROUTER_RADIX_MIN_K": "99999", "MOEKIT_ROUTER_FILTER_MIN_VPT": "1", **NO_TEAM},
     "team": {"MOEKIT_ROUTER_TEAM_MAX_K": "9999"},
 }
-TEAM_MAX_E = 512  # packed team rows exist for bf16 only, up to this E
+TEAM_MAX_E = 512  # team rows exist up to this E
 
 
 def child(dtype_name: str, tokens: int) -> None:
@@ -85,7 +85,7 @@ def main(argv=None) -> int:
     rows, first_radix = [], {}
     for key in times["radix"]:
         E, K = (int(v) for v in key.split(","))
-        us = {m: times[m][key] for m in MODES if m != "team" or (args.dtype == "bf16" and E <= TEAM_MAX_E)}
+        us = {m: times[m][key] for m in MODES if m != "team" or E <= TEAM_MAX_E}
         winner = min(us, key=us.get)
         rows.append([E, K] + [f"{us[m]:.1f}" if m in us else "-" for m in MODES] + [winner])
         if us["radix"] < us["iterative"] and E not in first_radix:

@@ -17,7 +17,7 @@
 //             lane's first position holding the maximum, one redux.min over indices, and the
 //             winner's key cleared to 0 (the library's v1 rounds took 55 SASS instructions per
 //             round at E = 128, lean 31; v2 adopted this round, plus packed keys).
-//   packedN   the library's forward_packed_team_kernel (v3): N = E / 16 lanes per row, 16 bf16 per
+//   packedN   the library's forward_team_kernel, packed keys (v3): N = E / 16 lanes per row, 16 bf16 per
 //             lane, only raw values and packed keys in registers, one max + log2(N) shuffles + clear
 //             per round.
 //   subwarpN  the lean round on N lanes per row (32/N rows per warp), 16-byte chunks per lane,
@@ -322,7 +322,7 @@ void run_case(int64_t T, int E, int K, float copy_gbs) {
   if constexpr (VEC * NC * 32 / 16 >= 8 && VEC * NC * 32 / 16 <= 32) {  // E = 128 .. 512
     constexpr int kLanes = VEC * NC * 32 / 16;
     const unsigned pk_blocks = (unsigned)((T + 4 * (32 / kLanes) - 1) / (4 * (32 / kLanes)));
-    auto pk = [&](int i) { forward_packed_team_kernel<bf16, kLanes><<<pk_blocks, threads>>>(args(bufs[i])); };
+    auto pk = [&](int i) { forward_team_kernel<bf16, kLanes, kTeamSoftmaxPostPacked><<<pk_blocks, threads>>>(args(bufs[i])); };
     char name[32];
     std::snprintf(name, sizeof(name), "packed%d", kLanes);
     if (E == kLanes * 16 && same_as_library(name)(pk)) report(name, time_us(pk, sets));

@@ -61,21 +61,32 @@ int pipeline_enabled() {
   return v;
 }
 
-// Packed team rows (forward_packed_team_kernel): bf16/f16 softmax-post without groups, E <= 512, and
-// K up to this bound (above it radix select is faster; bench/NOTES.md v3). 0 turns them off.
-int team_max_k(int E) {
+// Team rows (forward_team_kernel) for E <= 512 and K up to this bound; above it radix select or the
+// whole-warp rounds are faster (bench/router_crossover.py "team", bench/NOTES.md v3). Index-packed
+// keys make a round cheaper, so their bound is higher. 0 turns team rows off.
+int team_max_k(int E, bool packed) {
   static const int forced = env_int("MOEKIT_ROUTER_TEAM_MAX_K", -1);
   if (forced >= 0) return forced;
-  return E <= 128 ? 32 : E <= 256 ? 24 : 20;
+  if (packed) return E <= 128 ? 28 : E <= 256 ? 19 : 20;
+  return E <= 128 ? 16 : E <= 256 ? 12 : 8;
 }
-int packed_team_lanes(const ForwardArgs& a) {
-  if (!a.packed || a.G > 0 || a.E > kTeamMaxExperts || a.K > team_max_k(a.E)) return 0;
-  return next_pow2((a.E + kTeamKeys - 1) / kTeamKeys);
+// Lanes per row of a team row for this call, or 0 where team rows do not apply. Groups must be
+// whole 8-element chunks of a power-of-2 number of lanes within the team, with K / Kg <= 2.
+int choose_team_lanes(const ForwardArgs& a) {
+  if (a.E > kTeamMaxExperts || a.K > team_max_k(a.E, a.packed != 0)) return 0;
+  const int lanes = next_pow2((a.E + kTeamKeys - 1) / kTeamKeys);
+  if (a.G > 0) {
+    const int gsize = a.E / a.G, lanes_per_group = gsize / kTeamVec;
+    if (gsize % kTeamVec != 0 || a.K / a.Kg > 2 || lanes_per_group > lanes ||
+        (lanes_per_group & (lanes_per_group - 1)) != 0)
+      return 0;
+  }
+  return lanes;
 }
 
 // `smem_words_per_team`: shared memory one team needs besides a block team's scratch.
 // `pipeline_row_bytes` > 0 asks for the pipelined forward kernel (warp teams only).
-// `team_lanes` > 0 asks for the packed team kernel (forward only, packed_team_lanes).
+// `team_lanes` > 0 asks for the team row kernel (forward only, choose_team_lanes).
 LaunchShape choose_shape(int64_t T, int E, int smem_words_per_team, int pipeline_row_bytes, int team_lanes,
                          const DeviceInfo& dev) {
   LaunchShape s{};
@@ -228,7 +239,7 @@ moekit_status_t run(const char* op, moekit_dtype_t dtype, Args& a, int64_t T, in
   if (s.smem_bytes > (size_t)dev->max_smem_per_block_optin)
     return fail(MOEKIT_NOT_SUPPORTED, "%s: needs %zu bytes of shared memory per block, device %d allows %d", op,
                 s.smem_bytes, dev->device, dev->max_smem_per_block_optin);
-  const int vec = vec_for(dtype, s.vpt);
+  const int vec = s.team_lanes > 0 ? kTeamVec : vec_for(dtype, s.vpt);  // team rows move 8-element chunks
   bool ok = a.E % vec == 0;
   for (int i = 0; i < n_vec_ptrs; ++i) ok = ok && (vec_ptrs[i] == nullptr || aligned(vec_ptrs[i], 16));
   a.vec = ok;
@@ -315,9 +326,9 @@ extern "C" MOEKIT_API moekit_status_t moekit_router_topk_forward(
     const void* vec_ptrs[] = {logits, probs, intermediate, a.map_kind == kMapBytes ? a.map : nullptr};
     // cp.async needs 16-byte aligned rows
     const int row_bytes = (int)num_experts * esize;
-    const int team_lanes = packed_team_lanes(a);
-    const bool pipeline = team_lanes == 0 && pipeline_enabled() && row_bytes % 16 == 0 && aligned(logits, 16);
-    return run(op, logits_dtype, a, num_tokens, team_lanes > 0 ? 0 : words, pipeline ? row_bytes : 0, team_lanes,
+    const int lanes = choose_team_lanes(a);
+    const bool pipeline = lanes == 0 && pipeline_enabled() && row_bytes % 16 == 0 && aligned(logits, 16);
+    return run(op, logits_dtype, a, num_tokens, lanes > 0 ? 0 : words, pipeline ? row_bytes : 0, lanes,
                reinterpret_cast<cudaStream_t>(stream), vec_ptrs, 4);
   });
 }
