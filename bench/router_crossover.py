@@ -10,7 +10,7 @@ The first three turn the team rows off (MOEKIT_ROUTER_TEAM_MAX_K=0).
 Prints the three times per (E, K) and the winner: the defaults in kernels/router/router.cu come from
 this table (bench/NOTES.md). bf16 softmax-post keys are index-packed (unique); f32 keys are not.
 
-    python bench/router_crossover.py [--dtype bf16] [--tokens 65536] [--out DIR]
+    python bench/router_crossover.py [--dtype bf16] [--tokens 65536] [--experts 128,256] [--out DIR]
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ MODES = {
 TEAM_MAX_E = 512  # team rows exist up to this E
 
 
-def child(dtype_name: str, tokens: int) -> None:
+def child(dtype_name: str, tokens: int, experts) -> None:
     """Times every (E, K) with whatever path this process's environment selects; JSON on stdout."""
     torch = _common.import_torch()
     import moekit
@@ -44,7 +44,7 @@ def child(dtype_name: str, tokens: int) -> None:
     dtype = {"bf16": torch.bfloat16, "f32": torch.float32}[dtype_name]
     l2 = _common.l2_bytes(torch)
     out = {}
-    for E in EXPERTS:
+    for E in experts:
         per_set = tokens * E * (2 * torch.finfo(dtype).bits // 8 + 5)
         sets = _common.rotation_count(per_set, l2)
         xs = [(torch.randn(tokens, E, device="cuda") * 2).to(dtype) for _ in range(sets)]
@@ -67,18 +67,19 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dtype", default="bf16", choices=("bf16", "f32"))
     ap.add_argument("--tokens", type=int, default=65536)
+    ap.add_argument("--experts", default=",".join(map(str, EXPERTS)), help="comma-separated E values")
     ap.add_argument("--out", default=_common.DEFAULT_OUT_DIR)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        child(args.dtype, args.tokens)
+        child(args.dtype, args.tokens, [int(e) for e in args.experts.split(",")])
         return 0
 
     times = {}
     for mode, knobs in MODES.items():
         env = dict(os.environ, **knobs)
         done = subprocess.run([sys.executable, __file__, "--child", "--dtype", args.dtype, "--tokens",
-                               str(args.tokens)], env=env, capture_output=True, text=True, check=True)
+                               str(args.tokens), "--experts", args.experts], env=env, capture_output=True, text=True, check=True)
         times[mode] = json.loads(done.stdout.strip().splitlines()[-1])
 
     headers = ["E", "K"] + [f"{m} us" for m in MODES] + ["winner"]
