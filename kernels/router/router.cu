@@ -61,19 +61,30 @@ int pipeline_enabled() {
   return v;
 }
 
-// Team rows (forward_team_kernel) for E <= 512 and K up to this bound; above it radix select or the
-// whole-warp rounds are faster (bench/router_crossover.py "team", bench/NOTES.md v3). Index-packed
-// keys make a round cheaper, so their bound is higher. 0 turns team rows off.
+// Team rows (forward_team_kernel) for softmax-post rows with E <= 512 and K up to this bound; above it
+// radix select or filtered top-k is faster. Index-packed keys make a round cheaper, so their bound is
+// higher. From bench/router_crossover.py "team" (T = 65536, H100, bench/NOTES.md v3): team rows won
+//   packed (bf16):   E = 128 up to K = 22 (radix at 32), 256: 16 (radix at 22), 512: 22 (radix at 32)
+//   unpacked (f32):  E = 128 up to K = 16 (radix at 22), 256: 8 (tie at 12), 512: 8 (filtered at 12)
+// 0 turns team rows off.
 int team_max_k(int E, bool packed) {
   static const int forced = env_int("MOEKIT_ROUTER_TEAM_MAX_K", -1);
   if (forced >= 0) return forced;
-  if (packed) return E <= 128 ? 28 : E <= 256 ? 19 : 20;
-  return E <= 128 ? 16 : E <= 256 ? 12 : 8;
+  if (packed) return E <= 128 ? 28 : E <= 256 ? 19 : 24;
+  return E <= 128 ? 18 : 10;
+}
+// Team rows for the other score modes (softmax-pre, sigmoid, sqrtsoftplus; bias; groups) are off by
+// default: at E = 256, K = 8, sigmoid + bias + groups 8/4 they were 0.88x (bf16) and 0.87x (f32) of the
+// whole-warp rows, which compute each score once (bench/NOTES.md v3). 1 turns them on.
+int team_any_score() {
+  static const int v = env_int("MOEKIT_ROUTER_TEAM_ANY_SCORE", 0);
+  return v;
 }
 // Lanes per row of a team row for this call, or 0 where team rows do not apply. Groups must be
 // whole 8-element chunks of a power-of-2 number of lanes within the team, with K / Kg <= 2.
 int choose_team_lanes(const ForwardArgs& a) {
   if (a.E > kTeamMaxExperts || a.K > team_max_k(a.E, a.packed != 0)) return 0;
+  if (a.mode != kSoftmaxPost && !team_any_score()) return 0;
   const int lanes = next_pow2((a.E + kTeamKeys - 1) / kTeamKeys);
   if (a.G > 0) {
     const int gsize = a.E / a.G, lanes_per_group = gsize / kTeamVec;
