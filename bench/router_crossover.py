@@ -1,14 +1,16 @@
-"""Which top-k path wins where in the router forward: iterative rounds, radix select, filtered.
+"""Which top-k path wins where in the router forward: iterative rounds, radix select, filtered, packed team.
 
 The library reads its tuning knobs once per process, so each path is timed in its own child process
 over the same grid of (E, K), softmax-post, T = 65536:
   iterative  MOEKIT_ROUTER_RADIX_MIN_K=99999, filter off
   radix      MOEKIT_ROUTER_RADIX_MIN_K=1, filter off
   filtered   MOEKIT_ROUTER_FILTER_MIN_VPT=1 (warp teams, K <= 32; falls back to iterative)
+  team       MOEKIT_ROUTER_TEAM_MAX_K=9999 (team rows, E <= 512 only)
+The first three turn the team rows off (MOEKIT_ROUTER_TEAM_MAX_K=0).
 Prints the three times per (E, K) and the winner: the defaults in kernels/router/router.cu come from
 this table (bench/NOTES.md). bf16 softmax-post keys are index-packed (unique); f32 keys are not.
 
-    python bench/router_crossover.py [--dtype bf16] [--tokens 65536] [--out DIR]
+    python bench/router_crossover.py [--dtype bf16] [--tokens 65536] [--experts 128,256] [--out DIR]
 """
 
 from __future__ import annotations
@@ -24,14 +26,17 @@ import _common  # noqa: E402
 
 EXPERTS = (128, 256, 512, 1024, 2304)
 TOPKS = (2, 4, 6, 8, 12, 16, 22, 32)
+NO_TEAM = {"MOEKIT_ROUTER_TEAM_MAX_K": "0"}
 MODES = {
-    "iterative": {"MOEKIT_ROUTER_RADIX_MIN_K": "99999", "MOEKIT_ROUTER_FILTER_MIN_VPT": "0"},
-    "radix": {"MOEKIT_ROUTER_RADIX_MIN_K": "1", "MOEKIT_ROUTER_FILTER_MIN_VPT": "0"},
-    "filtered": {"MOEKIT_ROUTER_RADIX_MIN_K": "99999", "MOEKIT_ROUTER_FILTER_MIN_VPT": "1"},
+    "iterative": {"MOEKIT_ROUTER_RADIX_MIN_K": "99999", "MOEKIT_ROUTER_FILTER_MIN_VPT": "0", **NO_TEAM},
+    "radix": {"MOEKIT_ROUTER_RADIX_MIN_K": "1", "MOEKIT_ROUTER_FILTER_MIN_VPT": "0", **NO_TEAM},
+    "filtered": {"MOEKIT_ROUTER_RADIX_MIN_K": "99999", "MOEKIT_ROUTER_FILTER_MIN_VPT": "1", **NO_TEAM},
+    "team": {"MOEKIT_ROUTER_TEAM_MAX_K": "9999"},
 }
+TEAM_MAX_E = 512  # team rows exist up to this E
 
 
-def child(dtype_name: str, tokens: int) -> None:
+def child(dtype_name: str, tokens: int, experts) -> None:
     """Times every (E, K) with whatever path this process's environment selects; JSON on stdout."""
     torch = _common.import_torch()
     import moekit
@@ -39,7 +44,7 @@ def child(dtype_name: str, tokens: int) -> None:
     dtype = {"bf16": torch.bfloat16, "f32": torch.float32}[dtype_name]
     l2 = _common.l2_bytes(torch)
     out = {}
-    for E in EXPERTS:
+    for E in experts:
         per_set = tokens * E * (2 * torch.finfo(dtype).bits // 8 + 5)
         sets = _common.rotation_count(per_set, l2)
         xs = [(torch.randn(tokens, E, device="cuda") * 2).to(dtype) for _ in range(sets)]
@@ -62,27 +67,28 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dtype", default="bf16", choices=("bf16", "f32"))
     ap.add_argument("--tokens", type=int, default=65536)
+    ap.add_argument("--experts", default=",".join(map(str, EXPERTS)), help="comma-separated E values")
     ap.add_argument("--out", default=_common.DEFAULT_OUT_DIR)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        child(args.dtype, args.tokens)
+        child(args.dtype, args.tokens, [int(e) for e in args.experts.split(",")])
         return 0
 
     times = {}
     for mode, knobs in MODES.items():
         env = dict(os.environ, **knobs)
         done = subprocess.run([sys.executable, __file__, "--child", "--dtype", args.dtype, "--tokens",
-                               str(args.tokens)], env=env, capture_output=True, text=True, check=True)
+                               str(args.tokens), "--experts", args.experts], env=env, capture_output=True, text=True, check=True)
         times[mode] = json.loads(done.stdout.strip().splitlines()[-1])
 
     headers = ["E", "K"] + [f"{m} us" for m in MODES] + ["winner"]
     rows, first_radix = [], {}
     for key in times["radix"]:
         E, K = (int(v) for v in key.split(","))
-        us = {m: times[m][key] for m in MODES}
+        us = {m: times[m][key] for m in MODES if m != "team" or E <= TEAM_MAX_E}
         winner = min(us, key=us.get)
-        rows.append([E, K] + [f"{us[m]:.1f}" for m in MODES] + [winner])
+        rows.append([E, K] + [f"{us[m]:.1f}" if m in us else "-" for m in MODES] + [winner])
         if us["radix"] < us["iterative"] and E not in first_radix:
             first_radix[E] = K
     _common.write_json(args.out, f"router_crossover_{args.dtype}", {"dtype": args.dtype, "tokens": args.tokens,

@@ -17,6 +17,9 @@
 //             lane's first position holding the maximum, one redux.min over indices, and the
 //             winner's key cleared to 0 (the library's v1 rounds took 55 SASS instructions per
 //             round at E = 128, lean 31; v2 adopted this round, plus packed keys).
+//   packedN   the library's forward_team_kernel, packed keys (v3): N = E / 16 lanes per row, 16 bf16 per
+//             lane, only raw values and packed keys in registers, one max + log2(N) shuffles + clear
+//             per round.
 //   subwarpN  the lean round on N lanes per row (32/N rows per warp), 16-byte chunks per lane,
 //             shuffle trees of log2(N) steps: 93 instructions per round for 4 rows at E = 128.
 // Timing: CUDA events, median of 15 samples of 20 launches, inputs rotated over > 4x L2.
@@ -316,6 +319,14 @@ void run_case(int64_t T, int E, int K, float copy_gbs) {
   auto lean = [&](int i) { subwarp_kernel<32, VEC, NC><<<blocks, threads>>>(args(bufs[i])); };
   if (same_as_library("lean")(lean)) report("lean", time_us(lean, sets));
   // LANES lanes of 16 bytes (8 bf16) per row: E / 8 / NC_SUB lanes
+  if constexpr (VEC * NC * 32 / 16 >= 8 && VEC * NC * 32 / 16 <= 32) {  // E = 128 .. 512
+    constexpr int kLanes = VEC * NC * 32 / 16;
+    const unsigned pk_blocks = (unsigned)((T + 4 * (32 / kLanes) - 1) / (4 * (32 / kLanes)));
+    auto pk = [&](int i) { forward_team_kernel<bf16, kLanes, kTeamSoftmaxPostPacked><<<pk_blocks, threads>>>(args(bufs[i])); };
+    char name[32];
+    std::snprintf(name, sizeof(name), "packed%d", kLanes);
+    if (E == kLanes * 16 && same_as_library(name)(pk)) report(name, time_us(pk, sets));
+  }
   if constexpr (VEC * NC * 32 / 16 >= 8) {
     constexpr int kNcSub = 2, kLanes = VEC * NC * 32 / (8 * kNcSub);
     if constexpr (kLanes >= 2 && kLanes <= 32) {

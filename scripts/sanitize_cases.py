@@ -21,6 +21,14 @@ CASES = [  # (T, E, K, score, pre, groups, bias, map_format, dtype)
     (3, 16384, 32, "softmax", True, (8, 4), False, "bytemap", torch.float32),
     (5, 1024, 8, "softmax", False, (0, 0), False, "indices", torch.float32),  # filtered top-k
     (6, 512, 22, "softmax", False, (0, 0), False, "indices", torch.bfloat16),  # packed keys, radix
+    # team rows (forward_team_kernel): scalar path (odd E), f16, bitmap, partial warps, groups, any score
+    (21, 100, 6, "softmax", False, (0, 0), False, "bitmap", torch.bfloat16),
+    (13, 136, 8, "softmax", False, (0, 0), False, "bytemap", torch.float16),
+    (9, 512, 16, "softmax", False, (0, 0), False, "indices", torch.bfloat16),
+    (33, 24, 5, "softmax", False, (0, 0), False, "bytemap", torch.bfloat16),
+    (29, 256, 8, "sigmoid", False, (8, 4), True, "bitmap", torch.float32),
+    (11, 100, 7, "softmax", True, (0, 0), False, "indices", torch.float32),
+    (17, 200, 4, "sqrtsoftplus", False, (0, 0), True, "bytemap", torch.bfloat16),
 ]
 
 

@@ -914,6 +914,8 @@ TIE_PATHS = [
     (1024, 4, None), (1024, 36, None), (1024, 8, GROUPS), (1024, 32, GROUPS),
     (2304, 1, None), (2304, 36, None), (2304, 8, GROUPS), (2304, 36, GROUPS),
     (MAX_EXPERTS, 8, None), (MAX_EXPERTS, 32, GROUPS),
+    # team rows (E <= 512): 8 / 16 / 32 lanes, padded lanes (E = 100), groups of whole chunks (E = 256)
+    (128, 8, None), (100, 6, None), (512, 20, None), (256, 24, None), (256, 8, GROUPS), (512, 8, GROUPS),
 ]
 _TIE_PARAMS = [
     pytest.param(E, K, groups, score, dtype, bool(i % 2) and score in BIASED_SCORES,

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -29,11 +30,23 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(f
 // so it ranks below NaN and is never chosen while a real element is left.
 constexpr uint32_t kAbsentKey = 0u;
 constexpr uint32_t kNanKey = 1u;
-__device__ __forceinline__ uint32_t order_key(float f) {
-  if (f != f) return kNanKey;
-  uint32_t u = __float_as_uint(f);
-  if (u == 0x80000000u) u = 0u;  // -0.0 ranks as +0.0
-  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+__host__ __device__ __forceinline__ uint32_t float_bits(float f) {
+#ifdef __CUDA_ARCH__
+  return __float_as_uint(f);
+#else
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  return u;
+#endif
+}
+// Branch-free (it runs once per element): adding +0.0 turns -0.0 into +0.0 and changes nothing else
+// (no flush to zero here), an arithmetic shift of the sign gives the flip mask. Host-callable so
+// that dev/order_key_check.cu can compare it with the definition over all 2^32 inputs.
+__host__ __device__ __forceinline__ uint32_t order_key(float f) {
+  const float canonical = f + 0.0f;
+  const uint32_t u = float_bits(canonical);
+  const uint32_t flip = (uint32_t)((int32_t)u >> 31) | 0x80000000u;  // negative: all bits; else the sign
+  return canonical != canonical ? kNanKey : (u ^ flip);
 }
 __device__ __forceinline__ float key_value(uint32_t k) {
   if (k <= kNanKey) return __uint_as_float(0x7fc00000u);

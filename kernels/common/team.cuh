@@ -43,6 +43,37 @@ __device__ __forceinline__ uint32_t warp_exclusive_scan(uint32_t v, uint32_t& to
   return incl - v;
 }
 
+// LANES consecutive lanes of a warp (LANES a power of 2, <= 32) reduce among themselves with xor
+// shuffles, so 32 / LANES teams share each instruction. Whole warps use redux.sync for integers.
+template <int LANES>
+struct LaneTeam {
+  template <bool kMax>
+  static __device__ __forceinline__ uint32_t extreme(uint32_t v) {
+    if constexpr (LANES == 32) {
+      return kMax ? __reduce_max_sync(kFullMask, v) : __reduce_min_sync(kFullMask, v);
+    } else {
+#pragma unroll
+      for (int o = LANES / 2; o > 0; o >>= 1) {
+        const uint32_t u = __shfl_xor_sync(kFullMask, v, o);
+        v = kMax ? (u > v ? u : v) : (u < v ? u : v);
+      }
+      return v;
+    }
+  }
+  static __device__ __forceinline__ uint32_t max(uint32_t v) { return extreme<true>(v); }
+  static __device__ __forceinline__ uint32_t min(uint32_t v) { return extreme<false>(v); }
+  static __device__ __forceinline__ float maxf(float v) {
+#pragma unroll
+    for (int o = LANES / 2; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(kFullMask, v, o));
+    return v;
+  }
+  static __device__ __forceinline__ float sum(float v) {
+#pragma unroll
+    for (int o = LANES / 2; o > 0; o >>= 1) v += __shfl_xor_sync(kFullMask, v, o);
+    return v;
+  }
+};
+
 struct WarpTeam {
   static constexpr bool kIsWarp = true;
   int rank;

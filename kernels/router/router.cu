@@ -61,12 +61,54 @@ int pipeline_enabled() {
   return v;
 }
 
+// Team rows (forward_team_kernel) for softmax-post rows with E <= 512 and K up to this bound; above it
+// radix select or filtered top-k is faster. Index-packed keys make a round cheaper, so their bound is
+// higher. From bench/router_crossover.py "team" (T = 65536, H100, bench/NOTES.md v3): team rows won
+//   packed (bf16):   E = 128 up to K = 22 (radix at 32), 256: 16 (radix at 22), 512: 22 (radix at 32)
+//   unpacked (f32):  E = 128 up to K = 16 (radix at 22), 256: 8 (tie at 12), 512: 8 (filtered at 12)
+// 0 turns team rows off.
+int team_max_k(int E, bool packed) {
+  static const int forced = env_int("MOEKIT_ROUTER_TEAM_MAX_K", -1);
+  if (forced >= 0) return forced;
+  if (packed) return E <= 128 ? 28 : E <= 256 ? 19 : 24;
+  return E <= 128 ? 18 : 10;
+}
+// Team rows for the other score modes (softmax-pre, sigmoid, sqrtsoftplus; bias; groups) are off by
+// default: at E = 256, K = 8, sigmoid + bias + groups 8/4 they were 0.88x (bf16) and 0.87x (f32) of the
+// whole-warp rows, which compute each score once (bench/NOTES.md v3). 1 turns them on.
+int team_any_score() {
+  static const int v = env_int("MOEKIT_ROUTER_TEAM_ANY_SCORE", 0);
+  return v;
+}
+// Lanes per row of a team row for this call, or 0 where team rows do not apply. Groups must be
+// whole 8-element chunks of a power-of-2 number of lanes within the team, with K / Kg <= 2.
+int choose_team_lanes(const ForwardArgs& a) {
+  if (a.E > kTeamMaxExperts || a.K > team_max_k(a.E, a.packed != 0)) return 0;
+  if (a.mode != kSoftmaxPost && !team_any_score()) return 0;
+  const int lanes = next_pow2((a.E + kTeamKeys - 1) / kTeamKeys);
+  if (a.G > 0) {
+    const int gsize = a.E / a.G, lanes_per_group = gsize / kTeamVec;
+    if (gsize % kTeamVec != 0 || a.K / a.Kg > 2 || lanes_per_group > lanes ||
+        (lanes_per_group & (lanes_per_group - 1)) != 0)
+      return 0;
+  }
+  return lanes;
+}
+
 // `smem_words_per_team`: shared memory one team needs besides a block team's scratch.
 // `pipeline_row_bytes` > 0 asks for the pipelined forward kernel (warp teams only).
-LaunchShape choose_shape(int64_t T, int E, int smem_words_per_team, int pipeline_row_bytes, const DeviceInfo& dev) {
+// `team_lanes` > 0 asks for the team row kernel (forward only, choose_team_lanes).
+LaunchShape choose_shape(int64_t T, int E, int smem_words_per_team, int pipeline_row_bytes, int team_lanes,
+                         const DeviceInfo& dev) {
   LaunchShape s{};
   s.sm_count = dev.sm_count;
-  if (E <= warp_max_experts()) {
+  if (team_lanes > 0) {
+    const int rows_per_block = kWarpsPerBlock * (32 / team_lanes);
+    s.team_lanes = team_lanes;
+    s.vpt = kTeamKeys;
+    s.threads = 32 * kWarpsPerBlock;
+    s.blocks = (T + rows_per_block - 1) / rows_per_block;
+  } else if (E <= warp_max_experts()) {
     s.block_team = false;
     s.vpt = next_pow2((E + 31) / 32);
     s.threads = 32 * kWarpsPerBlock;
@@ -198,16 +240,17 @@ cudaError_t launch<BackwardArgs>(moekit_dtype_t dtype, bool, const BackwardArgs&
 // Common tail: device query, launch shape, shared-memory limit, vector-path flag, launch.
 template <typename Args>
 moekit_status_t run(const char* op, moekit_dtype_t dtype, Args& a, int64_t T, int smem_words_per_team,
-                    int pipeline_row_bytes, cudaStream_t stream, const void* const* vec_ptrs, int n_vec_ptrs) {
+                    int pipeline_row_bytes, int team_lanes, cudaStream_t stream, const void* const* vec_ptrs,
+                    int n_vec_ptrs) {
   const DeviceInfo* dev = nullptr;
   moekit_status_t st = current_device(op, &dev);
   if (st != MOEKIT_SUCCESS) return st;
   smem_words_per_team = (smem_words_per_team + 3) / 4 * 4;  // keeps later regions 16-byte aligned
-  LaunchShape s = choose_shape(T, a.E, smem_words_per_team, pipeline_row_bytes, *dev);
+  LaunchShape s = choose_shape(T, a.E, smem_words_per_team, pipeline_row_bytes, team_lanes, *dev);
   if (s.smem_bytes > (size_t)dev->max_smem_per_block_optin)
     return fail(MOEKIT_NOT_SUPPORTED, "%s: needs %zu bytes of shared memory per block, device %d allows %d", op,
                 s.smem_bytes, dev->device, dev->max_smem_per_block_optin);
-  const int vec = vec_for(dtype, s.vpt);
+  const int vec = s.team_lanes > 0 ? kTeamVec : vec_for(dtype, s.vpt);  // team rows move 8-element chunks
   bool ok = a.E % vec == 0;
   for (int i = 0; i < n_vec_ptrs; ++i) ok = ok && (vec_ptrs[i] == nullptr || aligned(vec_ptrs[i], 16));
   a.vec = ok;
@@ -294,9 +337,10 @@ extern "C" MOEKIT_API moekit_status_t moekit_router_topk_forward(
     const void* vec_ptrs[] = {logits, probs, intermediate, a.map_kind == kMapBytes ? a.map : nullptr};
     // cp.async needs 16-byte aligned rows
     const int row_bytes = (int)num_experts * esize;
-    const bool pipeline = pipeline_enabled() && row_bytes % 16 == 0 && aligned(logits, 16);
-    return run(op, logits_dtype, a, num_tokens, words, pipeline ? row_bytes : 0, reinterpret_cast<cudaStream_t>(stream),
-               vec_ptrs, 4);
+    const int lanes = choose_team_lanes(a);
+    const bool pipeline = lanes == 0 && pipeline_enabled() && row_bytes % 16 == 0 && aligned(logits, 16);
+    return run(op, logits_dtype, a, num_tokens, lanes > 0 ? 0 : words, pipeline ? row_bytes : 0, lanes,
+               reinterpret_cast<cudaStream_t>(stream), vec_ptrs, 4);
   });
 }
 
@@ -336,6 +380,6 @@ extern "C" MOEKIT_API moekit_status_t moekit_router_topk_backward(
     a.scale = scaling_factor;
     const int words = a.map_kind == kMapNone ? (a.E + 3) / 4 : 0;  // byte mask built from the indices
     const void* vec_ptrs[] = {grad_probs, intermediate, grad_logits, a.map_kind == kMapBytes ? a.map : nullptr};
-    return run(op, grad_dtype, a, num_tokens, words, 0, reinterpret_cast<cudaStream_t>(stream), vec_ptrs, 4);
+    return run(op, grad_dtype, a, num_tokens, words, 0, 0, reinterpret_cast<cudaStream_t>(stream), vec_ptrs, 4);
   });
 }

@@ -600,7 +600,10 @@ __device__ __forceinline__ void forward_row(const ForwardArgs& a, Team& team, in
     float z = 0.0f;
 #pragma unroll
     for (int p = 0; p < VPT; ++p) {
-      w[p] = ((sel >> p) & 1) ? expf(s[p] - m) : 0.0f;
+      // exp for every element and a select, not a branch per element (the warp runs each exp anyway
+      // as soon as one lane's element is selected); values off the selection are discarded
+      const float e = expf(s[p] - m);
+      w[p] = ((sel >> p) & 1) ? e : 0.0f;
       z += w[p];
     }
     const float inv = 1.0f / team.sum(z);
@@ -755,6 +758,263 @@ __device__ __forceinline__ void backward_row(const BackwardArgs& a, Team& team, 
 #pragma unroll
     for (int v = 0; v < VEC; ++v) t[v] = dx[c * VEC + v];
     store_chunk<T, VEC>(static_cast<T*>(a.grad_logits) + off, elem_index<VEC>(team, c, 0), E, vec, t);
+  }
+}
+
+// ---- team rows (E <= 512) ---------------------------------------------------------------------
+// A team of LANES lanes (E / 16 rounded up to a power of 2) owns a row, 32 / LANES rows per warp,
+// 16 elements per lane in two chunks of 8: chunk c of rank t covers [(c * LANES + t) * 8, + 8).
+// A lane keeps only the raw values (8 registers for 16-bit logits, 16 for f32) and the selection
+// keys (16): scores are recomputed from the raw values where needed, so a warp runs several rows'
+// rounds in one instruction stream with few registers. The whole-warp row (forward_row) runs ~600
+// instructions per row at E = 128, K = 8; these rows ~240 with packed keys (bench/NOTES.md v3).
+// A round: max over the lane's 16 keys and a team max; with unpacked keys also the lowest index
+// holding it (a team min); the winner's key is cleared to kAbsentKey, so "selected" = "a real
+// element whose key is now absent". Round r's index is kept by rank r mod LANES and stored LANES at
+// a time. Groups are supported when a group is whole chunks of a power-of-2 number of lanes and
+// K / Kg <= 2 (router.cu, choose_team_lanes).
+constexpr int kTeamChunks = 2, kTeamVec = 8, kTeamKeys = kTeamChunks * kTeamVec;
+constexpr int kTeamMaxExperts = 32 * kTeamKeys;
+
+// The value of a packed key, its index bits dropped (kMask: the packed bits).
+template <uint32_t kMask>
+__device__ __forceinline__ float packed_key_value(uint32_t k) {
+  const uint32_t hi = k & ~kMask;
+  if (hi == 0) return __uint_as_float(0x7fc00000u);  // NaN: kNanKey packs to (kMask - index)
+  return __uint_as_float(hi & 0x80000000u ? hi & 0x7fffffffu : ~(hi | kMask));
+}
+
+// Kernel variants: softmax-post rows (the common case) get the score mode at compile time, which
+// saves the registers of the general score code.
+enum TeamKind : int { kTeamAnyScore = 0, kTeamSoftmaxPost = 1, kTeamSoftmaxPostPacked = 2 };
+
+template <typename T, int LANES, int KIND>
+__global__ void __launch_bounds__(128) forward_team_kernel(ForwardArgs a) {
+  constexpr bool PACKED = KIND == kTeamSoftmaxPostPacked;
+  static_assert(!PACKED || sizeof(T) == 2, "packed keys need 16-bit logits");
+  const int mode = KIND == kTeamAnyScore ? a.mode : kSoftmaxPost;
+  using Team = LaneTeam<LANES>;
+  constexpr uint32_t kMask = !PACKED ? 0u : std::is_same<T, __half>::value ? 0x1fffu : 0xffffu;  // free key bits
+  constexpr int kPerWord = 4 / (int)sizeof(T) > 0 ? 4 / (int)sizeof(T) : 1;  // raw values per register
+  constexpr int kChunkWords = kTeamVec / kPerWord;
+  const int lane = threadIdx.x & 31, t = lane % LANES;
+  const int64_t row = ((int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5)) * (32 / LANES) + lane / LANES;
+  const bool live = row < a.T;  // a dead team still takes part in the warp's shuffles
+  const int E = a.E;
+  const int64_t off = (live ? row : 0) * (int64_t)E;
+  const bool vec = a.vec != 0;  // E % 8 == 0 and 16-byte aligned buffers (router.cu)
+  auto elem = [&](int p) { return ((p / kTeamVec) * LANES + t) * kTeamVec + p % kTeamVec; };
+
+  // ---- 1. load the raw values; padding reads as 0 (its key is absent)
+  uint32_t raw[kTeamChunks * kChunkWords];
+  const T* x = static_cast<const T*>(a.logits) + off;
+#pragma unroll
+  for (int c = 0; c < kTeamChunks; ++c) {
+    const int e0 = (c * LANES + t) * kTeamVec;
+    if (vec) {
+#pragma unroll
+      for (int q = 0; q < kChunkWords / 4; ++q) {
+        const uint4 v = e0 < E ? reinterpret_cast<const uint4*>(x + e0)[q] : make_uint4(0, 0, 0, 0);
+        uint32_t* r = raw + c * kChunkWords + 4 * q;
+        r[0] = v.x, r[1] = v.y, r[2] = v.z, r[3] = v.w;
+      }
+    } else {
+      const uint16_t* x16 = reinterpret_cast<const uint16_t*>(x);
+      const uint32_t* x32 = reinterpret_cast<const uint32_t*>(x);
+#pragma unroll
+      for (int w = 0; w < kChunkWords; ++w) {
+        const int e = e0 + w * kPerWord;
+        if constexpr (sizeof(T) == 2) raw[c * kChunkWords + w] = (e < E ? x16[e] : 0u) | ((e + 1 < E ? x16[e + 1] : 0u) << 16);
+        else raw[c * kChunkWords + w] = e < E ? x32[e] : 0u;
+      }
+    }
+  }
+  auto value = [&](int p) {
+    if constexpr (sizeof(T) == 4) return __uint_as_float(raw[p]);
+    const uint32_t bits = p % 2 == 0 ? raw[p / 2] & 0xffffu : raw[p / 2] >> 16;
+    if constexpr (std::is_same<T, __nv_bfloat16>::value) return __uint_as_float(bits << 16);
+    else return __half2float(__ushort_as_half((unsigned short)bits));
+  };
+
+  // ---- 2. scores (recomputed from the raw values where needed), intermediate, keys
+  float pre_max = 0.0f, pre_inv = 0.0f;  // softmax-pre over the whole row
+  if (mode == kSoftmaxPre) {
+    float m = -INFINITY;
+#pragma unroll
+    for (int p = 0; p < kTeamKeys; ++p) m = elem(p) < E ? fmaxf(m, value(p)) : m;
+    pre_max = Team::maxf(m);
+    float z = 0.0f;
+#pragma unroll
+    for (int p = 0; p < kTeamKeys; ++p) z += elem(p) < E ? expf(value(p) - pre_max) : 0.0f;
+    pre_inv = 1.0f / Team::sum(z);
+  }
+  auto score = [&](int p) {
+    const float v = value(p);
+    switch (mode) {
+      case kSoftmaxPre: return expf(v - pre_max) * pre_inv;
+      case kSigmoid: return sigmoidf(v);
+      case kSqrtSoftplus: return sqrtf(softplusf(v));
+      default: return v;
+    }
+  };
+  if (mode != kSoftmaxPost && live) {  // intermediate that does not depend on the selection
+#pragma unroll
+    for (int c = 0; c < kTeamChunks; ++c) {
+      const int e0 = (c * LANES + t) * kTeamVec;
+      float im[kTeamVec];
+#pragma unroll
+      for (int v = 0; v < kTeamVec; ++v) im[v] = mode == kSqrtSoftplus ? value(c * kTeamVec + v) : score(c * kTeamVec + v);
+      if (e0 < E) store_chunk<float, kTeamVec>(a.intermediate + off, e0, E, vec, im);
+    }
+  }
+  uint32_t key[kTeamKeys];
+#pragma unroll
+  for (int p = 0; p < kTeamKeys; ++p) {
+    const int e = elem(p);
+    float k = score(p);
+    if (a.bias != nullptr && e < E) k += load_as_float(a.bias, a.bias_dtype, e);
+    key[p] = e < E ? order_key(k) : kAbsentKey;
+  }
+
+  // ---- 3. groups: keep the Kg groups with the best sums of their top K / Kg keys
+  if (a.G > 0) {
+    const int lanes_per_group = E / a.G / kTeamVec, per_group = a.K / a.Kg;
+    uint32_t gkey[kTeamChunks];
+#pragma unroll
+    for (int c = 0; c < kTeamChunks; ++c) {
+      uint32_t t1 = kAbsentKey, t2 = kAbsentKey;  // t1 >= t2; a repeated maximum fills both
+#pragma unroll
+      for (int v = 0; v < kTeamVec; ++v) {
+        const uint32_t k = key[c * kTeamVec + v];
+        t2 = k > t1 ? t1 : max(t2, k);
+        t1 = max(t1, k);
+      }
+      for (int o = 1; o < lanes_per_group; o <<= 1) {
+        const uint32_t u1 = __shfl_xor_sync(kFullMask, t1, o), u2 = __shfl_xor_sync(kFullMask, t2, o);
+        const uint32_t n2 = t1 >= u1 ? max(t2, u1) : max(t1, u2);
+        t1 = max(t1, u1);
+        t2 = n2;
+      }
+      // the same additions, in the same order, as forward_row: bit-identical sums
+      const float sum = per_group == 1 ? 0.0f + key_value(t1) : 0.0f + key_value(t1) + key_value(t2);
+      gkey[c] = (c * LANES + t) * kTeamVec < E ? order_key(sum) : kAbsentKey;
+    }
+    uint32_t chosen = 0;  // bit c: chunk c's group is kept
+#pragma unroll 1
+    for (int r = 0; r < a.Kg; ++r) {
+      uint32_t m = kAbsentKey;
+#pragma unroll
+      for (int c = 0; c < kTeamChunks; ++c) m = (chosen >> c) & 1 ? m : max(m, gkey[c]);
+      m = Team::max(m);
+      uint32_t g = 0xffffffffu;  // lowest group index holding the maximum
+#pragma unroll
+      for (int c = kTeamChunks - 1; c >= 0; --c)
+        g = !((chosen >> c) & 1) && gkey[c] == m ? (uint32_t)((c * LANES + t) / lanes_per_group) : g;
+      g = Team::min(g);
+#pragma unroll
+      for (int c = 0; c < kTeamChunks; ++c) chosen |= (uint32_t)((c * LANES + t) / lanes_per_group == (int)g) << c;
+    }
+#pragma unroll
+    for (int p = 0; p < kTeamKeys; ++p)
+      key[p] = (chosen >> (p / kTeamVec)) & 1 || key[p] == kAbsentKey ? key[p] : kNegInfKey;
+  }
+
+  // ---- 4. rounds
+  if constexpr (PACKED) {  // unique keys in the SPEC order (forward_row, "packed keys")
+#pragma unroll
+    for (int p = 0; p < kTeamKeys; ++p) key[p] = key[p] == kAbsentKey ? kAbsentKey : (key[p] & ~kMask) | (kMask - (uint32_t)elem(p));
+  }
+  void* out = a.indices == nullptr ? nullptr
+              : a.idx64           ? (void*)(static_cast<int64_t*>(a.indices) + (live ? row : 0) * a.K)
+                                  : (void*)(static_cast<int32_t*>(a.indices) + (live ? row : 0) * a.K);
+  uint32_t first = 0, held = 0;
+#pragma unroll 1
+  for (int r = 0; r < a.K; ++r) {
+    uint32_t m = key[0];
+#pragma unroll
+    for (int p = 1; p < kTeamKeys; ++p) m = max(m, key[p]);
+    m = Team::max(m);
+    uint32_t winner;
+    if constexpr (PACKED) {
+      winner = kMask - (m & kMask);
+#pragma unroll
+      for (int p = 0; p < kTeamKeys; ++p) key[p] = key[p] == m ? kAbsentKey : key[p];
+    } else {
+      uint32_t lowest = 0xffffffffu;
+#pragma unroll
+      for (int p = kTeamKeys - 1; p >= 0; --p) lowest = key[p] == m ? (uint32_t)elem(p) : lowest;
+      winner = Team::min(lowest);
+#pragma unroll
+      for (int p = 0; p < kTeamKeys; ++p) key[p] = (uint32_t)elem(p) == winner ? kAbsentKey : key[p];
+    }
+    first = r == 0 ? m : first;
+    const int slot = r % LANES;
+    held = t == slot ? winner : held;
+    if (out != nullptr && live && (slot == LANES - 1 || r == a.K - 1) && t <= slot)
+      put_index(out, a.idx64 != 0, r - slot + t, held);
+  }
+  uint32_t sel = 0;  // the keys are dead from here on: 16 registers back
+#pragma unroll
+  for (int p = 0; p < kTeamKeys; ++p) sel |= (uint32_t)(key[p] == kAbsentKey && elem(p) < E) << p;
+
+  // ---- 5. weights
+  float w[kTeamKeys];
+  if (mode == kSoftmaxPost) {
+    // the selection's maximum is the first winner's value, unless groups turned keys into -inf
+    float mx;
+    if (a.G == 0) {
+      mx = PACKED ? packed_key_value<kMask>(first) : key_value(first);
+    } else {
+      mx = -INFINITY;
+#pragma unroll
+      for (int p = 0; p < kTeamKeys; ++p) mx = (sel >> p) & 1 ? fmaxf(mx, value(p)) : mx;
+      mx = Team::maxf(mx);
+    }
+    float z = 0.0f;
+#pragma unroll
+    for (int p = 0; p < kTeamKeys; ++p) {
+      const float e = expf(value(p) - mx);  // for every element, then a select: no branch per element
+      w[p] = (sel >> p) & 1 ? e : 0.0f;
+      z += w[p];
+    }
+    const float inv = 1.0f / Team::sum(z);
+#pragma unroll
+    for (int p = 0; p < kTeamKeys; ++p) w[p] *= inv;
+  } else if (mode == kSoftmaxPre || a.K == 1) {
+#pragma unroll
+    for (int p = 0; p < kTeamKeys; ++p) w[p] = score(p);
+  } else {
+    float z = 0.0f;
+#pragma unroll
+    for (int p = 0; p < kTeamKeys; ++p) {
+      w[p] = score(p);
+      z += (sel >> p) & 1 ? w[p] : 0.0f;
+    }
+    const float denom = Team::sum(z) + kEps;
+#pragma unroll
+    for (int p = 0; p < kTeamKeys; ++p) w[p] /= denom;
+  }
+  if (!live) return;
+
+  // ---- 6. outputs
+#pragma unroll
+  for (int c = 0; c < kTeamChunks; ++c) {
+    const int e0 = (c * LANES + t) * kTeamVec;
+    if (e0 >= E) continue;
+    float pr[kTeamVec], im[kTeamVec];
+    uint8_t mb[kTeamVec];
+    const uint32_t bits = (sel >> (c * kTeamVec)) & 0xffu;
+#pragma unroll
+    for (int v = 0; v < kTeamVec; ++v) {
+      const bool on = (bits >> v) & 1;
+      pr[v] = on ? w[c * kTeamVec + v] * a.scale : 0.0f;
+      im[v] = on ? w[c * kTeamVec + v] : -INFINITY;
+      mb[v] = on;
+    }
+    store_chunk<T, kTeamVec>(static_cast<T*>(a.probs) + off, e0, E, vec, pr);
+    if (mode == kSoftmaxPost) store_chunk<float, kTeamVec>(a.intermediate + off, e0, E, vec, im);
+    if (a.map_kind == kMapBytes) store_bytes<kTeamVec>(a.map + off, e0, E, vec, mb);
+    else if (a.map_kind == kMapBits) store_bitmap_chunk<kTeamVec>(a.map + row * (int64_t)((E + 7) / 8), e0, E, bits);
   }
 }
 

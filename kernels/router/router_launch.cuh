@@ -13,6 +13,7 @@ namespace router {
 struct LaunchShape {
   bool block_team;  // one block per row (else one warp per row)
   bool pipelined;   // forward only: persistent warps with cp.async-staged rows
+  int team_lanes;   // forward only: lanes per row of forward_team_kernel (0: not that kernel)
   int vpt;          // elements per thread: warp 1..32 (powers of 2), block 8, 16 or 32
   int threads;      // block size
   int64_t blocks;   // blocks to cover every row (a persistent grid takes fewer)
@@ -88,9 +89,31 @@ cudaError_t launch_block(const Args& a, const LaunchShape& s, cudaStream_t strea
   return cudaErrorInvalidConfiguration;
 }
 
+template <typename T, int KIND>
+cudaError_t launch_team(const ForwardArgs& a, const LaunchShape& s, cudaStream_t stream) {
+  switch (s.team_lanes) {
+    case 1: return launch_one(&forward_team_kernel<T, 1, KIND>, a, s, stream);
+    case 2: return launch_one(&forward_team_kernel<T, 2, KIND>, a, s, stream);
+    case 4: return launch_one(&forward_team_kernel<T, 4, KIND>, a, s, stream);
+    case 8: return launch_one(&forward_team_kernel<T, 8, KIND>, a, s, stream);
+    case 16: return launch_one(&forward_team_kernel<T, 16, KIND>, a, s, stream);
+    case 32: return launch_one(&forward_team_kernel<T, 32, KIND>, a, s, stream);
+  }
+  return cudaErrorInvalidConfiguration;
+}
+template <typename T>
+cudaError_t launch_team(const ForwardArgs& a, const LaunchShape& s, cudaStream_t stream) {
+  if constexpr (sizeof(T) == 2) {
+    if (a.packed) return launch_team<T, kTeamSoftmaxPostPacked>(a, s, stream);
+  }
+  if (a.mode == kSoftmaxPost) return launch_team<T, kTeamSoftmaxPost>(a, s, stream);
+  return launch_team<T, kTeamAnyScore>(a, s, stream);
+}
+
 #define MOEKIT_ROUTER_INSTANTIATE(T)                                                                   \
   template <>                                                                                          \
   cudaError_t launch_forward<T>(const ForwardArgs& a, const LaunchShape& s, cudaStream_t stream) {     \
+    if (s.team_lanes > 0) return launch_team<T>(a, s, stream);                                         \
     if (s.block_team) return launch_block<T, ForwardBlock>(a, s, stream);                              \
     if (s.pipelined) return launch_warp<T, ForwardWarpPipelined>(a, s, stream);                        \
     return launch_warp<T, ForwardWarp>(a, s, stream);                                                  \
