@@ -55,7 +55,7 @@ int vec_for(moekit_dtype_t t, int vpt) {
 
 // Forward rows staged through shared memory by cp.async on persistent warps. Off by default: on the
 // H100, plain loads took 0.81-0.99x its time in every forward row of the A/B (bench/NOTES.md v2),
-// and 0.86-0.93x on the radix rows alone (e512k22, v3); 1 turns it on.
+// and 0.85-0.94x on the radix rows alone (e512k22, v3); 1 turns it on.
 int pipeline_enabled() {
   static const int v = env_int("MOEKIT_ROUTER_PIPELINE", 0);
   return v;
