@@ -71,33 +71,7 @@ __global__ void copy_kernel(ForwardArgs a) {
 // real, is now absent". LANES = 32 with the library's chunking is "lean" (redux.sync, same float
 // reduction trees as the library: bitwise-equal outputs expected); fewer lanes with 16-byte chunks
 // is "subwarpN" (shuffle trees of log2(N) steps, so probs may differ in the last bit).
-// Max (kMax) or min over the team's lanes; a whole warp uses one redux.sync.
-template <int LANES, bool kMax>
-__device__ __forceinline__ uint32_t team_extreme_u32(uint32_t v) {
-  if constexpr (LANES == 32) {
-    return kMax ? __reduce_max_sync(kFullMask, v) : __reduce_min_sync(kFullMask, v);
-  } else {
-#pragma unroll
-    for (int o = LANES / 2; o > 0; o >>= 1) {
-      const uint32_t u = __shfl_xor_sync(kFullMask, v, o);
-      v = kMax ? max(v, u) : min(v, u);
-    }
-    return v;
-  }
-}
-template <int LANES>
-__device__ __forceinline__ float team_maxf(float v) {
-#pragma unroll
-  for (int o = LANES / 2; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(kFullMask, v, o));
-  return v;
-}
-template <int LANES>
-__device__ __forceinline__ float team_sumf(float v) {
-#pragma unroll
-  for (int o = LANES / 2; o > 0; o >>= 1) v += __shfl_xor_sync(kFullMask, v, o);
-  return v;
-}
-
+// Team reductions: LaneTeam (common/team.cuh); a whole warp uses one redux.sync for integers.
 template <int LANES, int VEC, int NC>
 __global__ void subwarp_kernel(ForwardArgs a) {
   constexpr int VPT = VEC * NC;
@@ -126,12 +100,12 @@ __global__ void subwarp_kernel(ForwardArgs a) {
     uint32_t m = key[0];
 #pragma unroll
     for (int p = 1; p < VPT; ++p) m = max(m, key[p]);
-    const uint32_t M = team_extreme_u32<LANES, true>(m);
+    const uint32_t M = LaneTeam<LANES>::max(m);
     uint32_t idx = 0xffffffffu;
 #pragma unroll
     for (int p = VPT - 1; p >= 0; --p)
       if (key[p] == M) idx = index(p);
-    const uint32_t W = team_extreme_u32<LANES, false>(idx);
+    const uint32_t W = LaneTeam<LANES>::min(idx);
 #pragma unroll
     for (int p = 0; p < VPT; ++p)
       if (index(p) == W) key[p] = kAbsentKey;
@@ -144,14 +118,14 @@ __global__ void subwarp_kernel(ForwardArgs a) {
 #pragma unroll
   for (int p = 0; p < VPT; ++p)
     if ((sel >> p) & 1) m = fmaxf(m, s[p]);
-  m = team_maxf<LANES>(m);
+  m = LaneTeam<LANES>::maxf(m);
   float w[VPT], z = 0.0f;
 #pragma unroll
   for (int p = 0; p < VPT; ++p) {
     w[p] = ((sel >> p) & 1) ? expf(s[p] - m) : 0.0f;
     z += w[p];
   }
-  const float inv = 1.0f / team_sumf<LANES>(z);
+  const float inv = 1.0f / LaneTeam<LANES>::sum(z);
   if (!live) return;
 #pragma unroll
   for (int c = 0; c < NC; ++c) {

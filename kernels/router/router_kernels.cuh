@@ -414,6 +414,28 @@ __device__ __forceinline__ void store_bitmap_chunk(uint8_t* row_bits, int e0, in
   }
 }
 
+// Group key of a group made of whole thread chunks of VEC keys, `lanes` neighbouring lanes (a power
+// of 2) of one sweep: each lane takes the top-2 of its chunk (t1 >= t2; a repeated maximum fills
+// both), a butterfly merges them, and the group's key is the sum of its top `per_group` (1 or 2)
+// key values. Every lane of the group gets it; the additions are the same, in the same order, as
+// the general path's, so the sums are bit-identical.
+template <int VEC>
+__device__ __forceinline__ uint32_t chunk_group_key(const uint32_t* key, int lanes, int per_group) {
+  uint32_t t1 = kAbsentKey, t2 = kAbsentKey;
+#pragma unroll
+  for (int v = 0; v < VEC; ++v) {
+    t2 = key[v] > t1 ? t1 : max(t2, key[v]);
+    t1 = max(t1, key[v]);
+  }
+  for (int o = 1; o < lanes; o <<= 1) {
+    const uint32_t u1 = __shfl_xor_sync(kFullMask, t1, o), u2 = __shfl_xor_sync(kFullMask, t2, o);
+    const uint32_t n2 = t1 >= u1 ? max(t2, u1) : max(t1, u2);
+    t1 = max(t1, u1);
+    t2 = n2;
+  }
+  return order_key(per_group == 1 ? 0.0f + key_value(t1) : 0.0f + key_value(t1) + key_value(t2));
+}
+
 template <typename T, int VEC, int NC, class Team>
 __device__ __forceinline__ void forward_row(const ForwardArgs& a, Team& team, int64_t row, uint32_t* smem,
                                             const T* x_row, bool x_vec) {
@@ -486,28 +508,10 @@ __device__ __forceinline__ void forward_row(const ForwardArgs& a, Team& team, in
     if (chunk_groups) {
 #pragma unroll
       for (int c = 0; c < NC; ++c) {
-        uint32_t t1 = kAbsentKey, t2 = kAbsentKey;  // t1 >= t2; a repeated maximum fills both
-#pragma unroll
-        for (int v = 0; v < VEC; ++v) {
-          const uint32_t k = key[c * VEC + v];
-          if (k > t1) {
-            t2 = t1;
-            t1 = k;
-          } else if (k > t2) {
-            t2 = k;
-          }
-        }
-        for (int o = 1; o < lanes_per_group; o <<= 1) {
-          const uint32_t u1 = __shfl_xor_sync(kFullMask, t1, o), u2 = __shfl_xor_sync(kFullMask, t2, o);
-          const uint32_t n2 = t1 >= u1 ? max(t2, u1) : max(t1, u2);
-          t1 = max(t1, u1);
-          t2 = n2;
-        }
+        const uint32_t k = chunk_group_key<VEC>(key + c * VEC, lanes_per_group, per_group);
         const int lane_chunk = c * team.size() + team.rank;
         const int g = lane_chunk / lanes_per_group;
-        // same additions, in the same order, as the general path below: bit-identical sums
-        if (lane_chunk % lanes_per_group == 0 && g < a.G)
-          gkey[g] = order_key(per_group == 1 ? 0.0f + key_value(t1) : 0.0f + key_value(t1) + key_value(t2));
+        if (lane_chunk % lanes_per_group == 0 && g < a.G) gkey[g] = k;
       }
     } else {
 #pragma unroll 1
@@ -882,22 +886,8 @@ __global__ void __launch_bounds__(128) forward_team_kernel(ForwardArgs a) {
     uint32_t gkey[kTeamChunks];
 #pragma unroll
     for (int c = 0; c < kTeamChunks; ++c) {
-      uint32_t t1 = kAbsentKey, t2 = kAbsentKey;  // t1 >= t2; a repeated maximum fills both
-#pragma unroll
-      for (int v = 0; v < kTeamVec; ++v) {
-        const uint32_t k = key[c * kTeamVec + v];
-        t2 = k > t1 ? t1 : max(t2, k);
-        t1 = max(t1, k);
-      }
-      for (int o = 1; o < lanes_per_group; o <<= 1) {
-        const uint32_t u1 = __shfl_xor_sync(kFullMask, t1, o), u2 = __shfl_xor_sync(kFullMask, t2, o);
-        const uint32_t n2 = t1 >= u1 ? max(t2, u1) : max(t1, u2);
-        t1 = max(t1, u1);
-        t2 = n2;
-      }
-      // the same additions, in the same order, as forward_row: bit-identical sums
-      const float sum = per_group == 1 ? 0.0f + key_value(t1) : 0.0f + key_value(t1) + key_value(t2);
-      gkey[c] = (c * LANES + t) * kTeamVec < E ? order_key(sum) : kAbsentKey;
+      const uint32_t k = chunk_group_key<kTeamVec>(key + c * kTeamVec, lanes_per_group, per_group);
+      gkey[c] = (c * LANES + t) * kTeamVec < E ? k : kAbsentKey;
     }
     uint32_t chosen = 0;  // bit c: chunk c's group is kept
 #pragma unroll 1
