@@ -315,6 +315,7 @@ extern "C" MOEKIT_API moekit_status_t moekit_router_topk_forward(
     a.logits = logits;
     a.bias = expert_bias;
     a.bias_dtype = (int)bias_dtype;
+    a.bias_vec = expert_bias != nullptr && aligned(expert_bias, 16) && num_experts % kTeamVec == 0;
     a.probs = probs;
     a.map = static_cast<uint8_t*>(routing_map);
     a.indices = topk_indices;

@@ -52,6 +52,7 @@ struct ForwardArgs {
   int topk;   // TopkPath: what warp teams try first (block teams: radix or iterative)
   int packed;  // keys carry the index in their low bits (16-bit logits, softmax-post; router.cu)
   int vec;    // rows allow whole-chunk vector access
+  int bias_vec;  // team rows: the bias allows 8-element vector loads (16-byte aligned, E % 8 == 0)
   float scale;
   int smem_words_per_team;  // dynamic shared memory per team (warp teams) in 32-bit words
   int stages;               // pipelined kernel: row buffers per warp (1 or 2)
@@ -263,8 +264,9 @@ __device__ __forceinline__ void put_index(void* out, bool idx64, int r, uint32_t
 
 // Iterative top-k on a warp team, K rounds of: the lane's best key, one redux.max, then the lowest
 // index holding it, whose key is cleared to kAbsentKey (real keys are >= kNanKey, so nothing is
-// ever chosen twice and "selected" = "was real, is now absent"). With unique (packed) keys the
-// second reduction is not needed: the maximum names its element. Returns the selection bits.
+// ever chosen twice and "selected" = "was real, is now absent"). With unique (packed) keys a round
+// is one redux.min: the largest key below the last winner names its element, and "selected" = "at
+// or above the K-th winner". Returns the selection bits.
 template <int VEC, int NC>
 __device__ __forceinline__ uint64_t warp_rounds_select(const WarpTeam& team, uint32_t (&key)[VEC * NC], int K,
                                                        uint32_t packed_mask, void* out, bool idx64) {
@@ -272,18 +274,23 @@ __device__ __forceinline__ uint64_t warp_rounds_select(const WarpTeam& team, uin
   uint64_t real = 0;
 #pragma unroll
   for (int p = 0; p < VPT; ++p) real |= (uint64_t)(key[p] != kAbsentKey) << p;
+  uint32_t last = 0;  // packed keys: the latest winner
 #pragma unroll 1
   for (int r = 0; r < K; ++r) {
-    uint32_t m = key[0];
-#pragma unroll
-    for (int p = 1; p < VPT; ++p) m = max(m, key[p]);
-    const uint32_t best = __reduce_max_sync(kFullMask, m);
     uint32_t winner;
     if (packed_mask != 0) {
-      winner = packed_mask - (best & packed_mask);
+      // unique keys: the largest key below the last winner, as in forward_team_kernel
+      const uint32_t below = last - 1u;
+      uint32_t d = below - key[0];
 #pragma unroll
-      for (int p = 0; p < VPT; ++p) key[p] = key[p] == best ? kAbsentKey : key[p];
+      for (int p = 1; p < VPT; ++p) d = min(d, below - key[p]);
+      last = below - __reduce_min_sync(kFullMask, d);
+      winner = packed_mask - (last & packed_mask);
     } else {
+      uint32_t m = key[0];
+#pragma unroll
+      for (int p = 1; p < VPT; ++p) m = max(m, key[p]);
+      const uint32_t best = __reduce_max_sync(kFullMask, m);
       uint32_t first = 0xffffffffu;  // this lane's lowest index holding the maximum
 #pragma unroll
       for (int p = VPT - 1; p >= 0; --p)
@@ -299,7 +306,7 @@ __device__ __forceinline__ uint64_t warp_rounds_select(const WarpTeam& team, uin
   }
   uint64_t sel = 0;
 #pragma unroll
-  for (int p = 0; p < VPT; ++p) sel |= (uint64_t)(key[p] == kAbsentKey) << p;
+  for (int p = 0; p < VPT; ++p) sel |= (uint64_t)(packed_mask != 0 ? key[p] >= last : key[p] == kAbsentKey) << p;
   return sel & real;
 }
 
@@ -772,9 +779,10 @@ __device__ __forceinline__ void backward_row(const BackwardArgs& a, Team& team, 
 // keys (16): scores are recomputed from the raw values where needed, so a warp runs several rows'
 // rounds in one instruction stream with few registers. The whole-warp row (forward_row) runs ~600
 // instructions per row at E = 128, K = 8; these rows ~240 with packed keys (bench/NOTES.md v3).
-// A round: max over the lane's 16 keys and a team max; with unpacked keys also the lowest index
-// holding it (a team min); the winner's key is cleared to kAbsentKey, so "selected" = "a real
-// element whose key is now absent". Round r's index is kept by rank r mod LANES and stored LANES at
+// A round with unpacked keys: max over the lane's 16 keys and a team max, the lowest index holding
+// it (a team min), and the winner's key cleared to kAbsentKey, so "selected" = "a real element
+// whose key is now absent". Packed keys are unique: a round finds the largest key below the last
+// winner, and "selected" = "at or above the K-th winner". Round r's index is kept by rank r mod LANES and stored LANES at
 // a time. Groups are supported when a group is whole chunks of a power-of-2 number of lanes and
 // K / Kg <= 2 (router.cu, choose_team_lanes).
 constexpr int kTeamChunks = 2, kTeamVec = 8, kTeamKeys = kTeamChunks * kTeamVec;
@@ -788,15 +796,30 @@ __device__ __forceinline__ float packed_key_value(uint32_t k) {
   return __uint_as_float(hi & 0x80000000u ? hi & 0x7fffffffu : ~(hi | kMask));
 }
 
-// Kernel variants: softmax-post rows (the common case) get the score mode at compile time, which
-// saves the registers of the general score code.
-enum TeamKind : int { kTeamAnyScore = 0, kTeamSoftmaxPost = 1, kTeamSoftmaxPostPacked = 2 };
+// One kernel per score mode (KIND: a ScoreMode, or kTeamSoftmaxPostPacked). Softmax-post keeps the
+// raw values and reads its scores off them; the other modes compute each score once and keep it
+// (16 registers), in place of the raw values.
+constexpr int kTeamSoftmaxPostPacked = 4;
+
+// Expert bias of chunk [e0, e0 + VEC) as float (0 past E or without a bias).
+template <int VEC>
+__device__ __forceinline__ void load_bias_chunk(const ForwardArgs& a, int e0, float (&out)[VEC]) {
+  switch (a.bias == nullptr ? -1 : a.bias_dtype) {
+    case 0: load_chunk<float, VEC>(static_cast<const float*>(a.bias), e0, a.E, a.bias_vec != 0, 0.0f, out); break;
+    case 1: load_chunk<__half, VEC>(static_cast<const __half*>(a.bias), e0, a.E, a.bias_vec != 0, 0.0f, out); break;
+    case 2: load_chunk<__nv_bfloat16, VEC>(static_cast<const __nv_bfloat16*>(a.bias), e0, a.E, a.bias_vec != 0, 0.0f, out); break;
+    default:
+#pragma unroll
+      for (int v = 0; v < VEC; ++v) out[v] = 0.0f;
+  }
+}
 
 template <typename T, int LANES, int KIND>
 __global__ void __launch_bounds__(128) forward_team_kernel(ForwardArgs a) {
   constexpr bool PACKED = KIND == kTeamSoftmaxPostPacked;
   static_assert(!PACKED || sizeof(T) == 2, "packed keys need 16-bit logits");
-  const int mode = KIND == kTeamAnyScore ? a.mode : kSoftmaxPost;
+  constexpr int mode = PACKED ? kSoftmaxPost : KIND;
+  constexpr bool kPost = mode == kSoftmaxPost;
   using Team = LaneTeam<LANES>;
   constexpr uint32_t kMask = !PACKED ? 0u : std::is_same<T, __half>::value ? 0x1fffu : 0xffffu;  // free key bits
   constexpr int kPerWord = 4 / (int)sizeof(T) > 0 ? 4 / (int)sizeof(T) : 1;  // raw values per register
@@ -840,28 +863,31 @@ __global__ void __launch_bounds__(128) forward_team_kernel(ForwardArgs a) {
     else return __half2float(__ushort_as_half((unsigned short)bits));
   };
 
-  // ---- 2. scores (recomputed from the raw values where needed), intermediate, keys
-  float pre_max = 0.0f, pre_inv = 0.0f;  // softmax-pre over the whole row
-  if (mode == kSoftmaxPre) {
+  // ---- 2. scores, intermediate, keys
+  float kept[kPost ? 1 : kTeamKeys];  // p (softmax-pre), y (sigmoid), v (sqrtsoftplus)
+  if constexpr (mode == kSoftmaxPre) {
     float m = -INFINITY;
 #pragma unroll
     for (int p = 0; p < kTeamKeys; ++p) m = elem(p) < E ? fmaxf(m, value(p)) : m;
-    pre_max = Team::maxf(m);
+    m = Team::maxf(m);
     float z = 0.0f;
 #pragma unroll
-    for (int p = 0; p < kTeamKeys; ++p) z += elem(p) < E ? expf(value(p) - pre_max) : 0.0f;
-    pre_inv = 1.0f / Team::sum(z);
+    for (int p = 0; p < kTeamKeys; ++p) {
+      kept[p] = elem(p) < E ? expf(value(p) - m) : 0.0f;
+      z += kept[p];
+    }
+    const float inv = 1.0f / Team::sum(z);
+#pragma unroll
+    for (int p = 0; p < kTeamKeys; ++p) kept[p] *= inv;
+  } else if constexpr (!kPost) {
+#pragma unroll
+    for (int p = 0; p < kTeamKeys; ++p) kept[p] = mode == kSigmoid ? sigmoidf(value(p)) : sqrtf(softplusf(value(p)));
   }
   auto score = [&](int p) {
-    const float v = value(p);
-    switch (mode) {
-      case kSoftmaxPre: return expf(v - pre_max) * pre_inv;
-      case kSigmoid: return sigmoidf(v);
-      case kSqrtSoftplus: return sqrtf(softplusf(v));
-      default: return v;
-    }
+    if constexpr (kPost) return value(p);
+    else return kept[p];
   };
-  if (mode != kSoftmaxPost && live) {  // intermediate that does not depend on the selection
+  if (!kPost && live) {  // intermediate that does not depend on the selection
 #pragma unroll
     for (int c = 0; c < kTeamChunks; ++c) {
       const int e0 = (c * LANES + t) * kTeamVec;
@@ -873,11 +899,14 @@ __global__ void __launch_bounds__(128) forward_team_kernel(ForwardArgs a) {
   }
   uint32_t key[kTeamKeys];
 #pragma unroll
-  for (int p = 0; p < kTeamKeys; ++p) {
-    const int e = elem(p);
-    float k = score(p);
-    if (a.bias != nullptr && e < E) k += load_as_float(a.bias, a.bias_dtype, e);
-    key[p] = e < E ? order_key(k) : kAbsentKey;
+  for (int c = 0; c < kTeamChunks; ++c) {
+    float b[kTeamVec];  // the bias moves selection only (softmax rows have none: the host checks)
+    if (!kPost) load_bias_chunk<kTeamVec>(a, (c * LANES + t) * kTeamVec, b);
+#pragma unroll
+    for (int v = 0; v < kTeamVec; ++v) {
+      const int p = c * kTeamVec + v;
+      key[p] = elem(p) < E ? order_key(kPost ? score(p) : score(p) + b[v]) : kAbsentKey;
+    }
   }
 
   // ---- 3. groups: keep the Kg groups with the best sums of their top K / Kg keys
@@ -917,19 +946,26 @@ __global__ void __launch_bounds__(128) forward_team_kernel(ForwardArgs a) {
   void* out = a.indices == nullptr ? nullptr
               : a.idx64           ? (void*)(static_cast<int64_t*>(a.indices) + (live ? row : 0) * a.K)
                                   : (void*)(static_cast<int32_t*>(a.indices) + (live ? row : 0) * a.K);
-  uint32_t first = 0, held = 0;
+  uint32_t first = 0, held = 0, last = 0;  // the first and the latest winner's key
 #pragma unroll 1
   for (int r = 0; r < a.K; ++r) {
-    uint32_t m = key[0];
-#pragma unroll
-    for (int p = 1; p < kTeamKeys; ++p) m = max(m, key[p]);
-    m = Team::max(m);
-    uint32_t winner;
+    uint32_t m, winner;
     if constexpr (PACKED) {
-      winner = kMask - (m & kMask);
+      // Unique keys are taken in descending order, so round r's winner is the largest key below
+      // the last one: the min of (last - 1 - key), which wraps to at least `last` for keys at or
+      // above it (last = 0 in round 0: every key). Nothing is cleared: a subtraction per key and
+      // a 3-way min per two keys, against a compare and a select per key for the clearing.
+      const uint32_t below = last - 1u;
+      uint32_t d = below - key[0];
 #pragma unroll
-      for (int p = 0; p < kTeamKeys; ++p) key[p] = key[p] == m ? kAbsentKey : key[p];
+      for (int p = 1; p < kTeamKeys; ++p) d = min(d, below - key[p]);
+      m = below - Team::min(d);
+      winner = kMask - (m & kMask);
     } else {
+      m = key[0];
+#pragma unroll
+      for (int p = 1; p < kTeamKeys; ++p) m = max(m, key[p]);
+      m = Team::max(m);
       uint32_t lowest = 0xffffffffu;
 #pragma unroll
       for (int p = kTeamKeys - 1; p >= 0; --p) lowest = key[p] == m ? (uint32_t)elem(p) : lowest;
@@ -938,6 +974,7 @@ __global__ void __launch_bounds__(128) forward_team_kernel(ForwardArgs a) {
       for (int p = 0; p < kTeamKeys; ++p) key[p] = (uint32_t)elem(p) == winner ? kAbsentKey : key[p];
     }
     first = r == 0 ? m : first;
+    last = m;
     const int slot = r % LANES;
     held = t == slot ? winner : held;
     if (out != nullptr && live && (slot == LANES - 1 || r == a.K - 1) && t <= slot)
@@ -945,7 +982,11 @@ __global__ void __launch_bounds__(128) forward_team_kernel(ForwardArgs a) {
   }
   uint32_t sel = 0;  // the keys are dead from here on: 16 registers back
 #pragma unroll
-  for (int p = 0; p < kTeamKeys; ++p) sel |= (uint32_t)(key[p] == kAbsentKey && elem(p) < E) << p;
+  for (int p = 0; p < kTeamKeys; ++p) {
+    // packed: at or above the last winner (padding keys are 0, below every real key); else cleared
+    const bool in = PACKED ? key[p] >= last : key[p] == kAbsentKey;
+    sel |= (uint32_t)(in && elem(p) < E) << p;
+  }
 
   // ---- 5. weights
   float w[kTeamKeys];

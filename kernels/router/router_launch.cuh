@@ -103,11 +103,15 @@ cudaError_t launch_team(const ForwardArgs& a, const LaunchShape& s, cudaStream_t
 }
 template <typename T>
 cudaError_t launch_team(const ForwardArgs& a, const LaunchShape& s, cudaStream_t stream) {
-  if constexpr (sizeof(T) == 2) {
-    if (a.packed) return launch_team<T, kTeamSoftmaxPostPacked>(a, s, stream);
+  switch (a.mode) {
+    case kSoftmaxPre: return launch_team<T, kSoftmaxPre>(a, s, stream);
+    case kSigmoid: return launch_team<T, kSigmoid>(a, s, stream);
+    case kSqrtSoftplus: return launch_team<T, kSqrtSoftplus>(a, s, stream);
   }
-  if (a.mode == kSoftmaxPost) return launch_team<T, kTeamSoftmaxPost>(a, s, stream);
-  return launch_team<T, kTeamAnyScore>(a, s, stream);
+  // softmax-post: 16-bit logits always have packed keys at E <= 512 (router.cu, keys_packed)
+  if constexpr (sizeof(T) == 2) return a.packed ? launch_team<T, kTeamSoftmaxPostPacked>(a, s, stream)
+                                                : cudaErrorInvalidConfiguration;
+  else return launch_team<T, kSoftmaxPost>(a, s, stream);
 }
 
 #define MOEKIT_ROUTER_INSTANTIATE(T)                                                                   \
