@@ -29,6 +29,10 @@ CASES = [  # (T, E, K, score, pre, groups, bias, map_format, dtype)
     (29, 256, 8, "sigmoid", False, (8, 4), True, "bitmap", torch.float32),
     (11, 100, 7, "softmax", True, (0, 0), False, "indices", torch.float32),
     (17, 200, 4, "sqrtsoftplus", False, (0, 0), True, "bytemap", torch.bfloat16),
+    # wide packed rows (forward_wide_packed_kernel): scalar path (odd E), f16, bitmap, largest chunk count
+    (7, 1000, 9, "softmax", False, (0, 0), False, "bitmap", torch.bfloat16),
+    (5, 2560, 64, "softmax", False, (0, 0), False, "bytemap", torch.float16),
+    (9, 777, 33, "softmax", False, (0, 0), False, "indices", torch.bfloat16),
 ]
 
 

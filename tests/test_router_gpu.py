@@ -916,6 +916,8 @@ TIE_PATHS = [
     (MAX_EXPERTS, 8, None), (MAX_EXPERTS, 32, GROUPS),
     # team rows (E <= 512): 8 / 16 / 32 lanes, padded lanes (E = 100), groups of whole chunks (E = 256)
     (128, 8, None), (100, 6, None), (512, 20, None), (256, 24, None), (256, 8, GROUPS), (512, 8, GROUPS),
+    # wide packed rows (16-bit softmax-post, 512 < E <= 2560): padded chunks (E = 1000), 10 chunks
+    (1000, 9, None), (2560, 64, None),
 ]
 _TIE_PARAMS = [
     pytest.param(E, K, groups, score, dtype, bool(i % 2) and score in BIASED_SCORES,

@@ -95,14 +95,34 @@ int choose_team_lanes(const ForwardArgs& a) {
   return lanes;
 }
 
+// Wide packed rows (forward_wide_packed_kernel): packed softmax-post keys without groups, 512 < E
+// <= 2560, K up to this bound. Not yet measured against warp and block rows (bench/NOTES.md v4
+// candidates); 0 turns them off.
+int wide_max_k() {
+  static const int v = env_int("MOEKIT_ROUTER_WIDE_MAX_K", 64);
+  return v;
+}
+// Chunks per lane of a wide packed row for this call, or 0 where they do not apply.
+int choose_wide_chunks(const ForwardArgs& a) {
+  if (!a.packed || a.G > 0 || a.E <= kTeamMaxExperts || a.K > wide_max_k()) return 0;
+  const int chunks = (a.E + 32 * kTeamVec - 1) / (32 * kTeamVec);
+  return chunks <= kWideMaxChunks ? chunks : 0;
+}
+
 // `smem_words_per_team`: shared memory one team needs besides a block team's scratch.
 // `pipeline_row_bytes` > 0 asks for the pipelined forward kernel (warp teams only).
-// `team_lanes` > 0 asks for the team row kernel (forward only, choose_team_lanes).
+// `team_lanes` > 0 asks for the team row kernel, `wide_chunks` > 0 for the wide packed one (forward
+// only, choose_team_lanes, choose_wide_chunks).
 LaunchShape choose_shape(int64_t T, int E, int smem_words_per_team, int pipeline_row_bytes, int team_lanes,
-                         const DeviceInfo& dev) {
+                         int wide_chunks, const DeviceInfo& dev) {
   LaunchShape s{};
   s.sm_count = dev.sm_count;
-  if (team_lanes > 0) {
+  if (wide_chunks > 0) {
+    s.wide_chunks = wide_chunks;
+    s.vpt = wide_chunks * kTeamVec;
+    s.threads = 32 * kWarpsPerBlock;
+    s.blocks = (T + kWarpsPerBlock - 1) / kWarpsPerBlock;
+  } else if (team_lanes > 0) {
     const int rows_per_block = kWarpsPerBlock * (32 / team_lanes);
     s.team_lanes = team_lanes;
     s.vpt = kTeamKeys;
@@ -240,17 +260,18 @@ cudaError_t launch<BackwardArgs>(moekit_dtype_t dtype, bool, const BackwardArgs&
 // Common tail: device query, launch shape, shared-memory limit, vector-path flag, launch.
 template <typename Args>
 moekit_status_t run(const char* op, moekit_dtype_t dtype, Args& a, int64_t T, int smem_words_per_team,
-                    int pipeline_row_bytes, int team_lanes, cudaStream_t stream, const void* const* vec_ptrs,
-                    int n_vec_ptrs) {
+                    int pipeline_row_bytes, int team_lanes, int wide_chunks, cudaStream_t stream,
+                    const void* const* vec_ptrs, int n_vec_ptrs) {
   const DeviceInfo* dev = nullptr;
   moekit_status_t st = current_device(op, &dev);
   if (st != MOEKIT_SUCCESS) return st;
   smem_words_per_team = (smem_words_per_team + 3) / 4 * 4;  // keeps later regions 16-byte aligned
-  LaunchShape s = choose_shape(T, a.E, smem_words_per_team, pipeline_row_bytes, team_lanes, *dev);
+  LaunchShape s = choose_shape(T, a.E, smem_words_per_team, pipeline_row_bytes, team_lanes, wide_chunks, *dev);
   if (s.smem_bytes > (size_t)dev->max_smem_per_block_optin)
     return fail(MOEKIT_NOT_SUPPORTED, "%s: needs %zu bytes of shared memory per block, device %d allows %d", op,
                 s.smem_bytes, dev->device, dev->max_smem_per_block_optin);
-  const int vec = s.team_lanes > 0 ? kTeamVec : vec_for(dtype, s.vpt);  // team rows move 8-element chunks
+  // team and wide rows move 8-element chunks
+  const int vec = s.team_lanes > 0 || s.wide_chunks > 0 ? kTeamVec : vec_for(dtype, s.vpt);
   bool ok = a.E % vec == 0;
   for (int i = 0; i < n_vec_ptrs; ++i) ok = ok && (vec_ptrs[i] == nullptr || aligned(vec_ptrs[i], 16));
   a.vec = ok;
@@ -338,9 +359,10 @@ extern "C" MOEKIT_API moekit_status_t moekit_router_topk_forward(
     const void* vec_ptrs[] = {logits, probs, intermediate, a.map_kind == kMapBytes ? a.map : nullptr};
     // cp.async needs 16-byte aligned rows
     const int row_bytes = (int)num_experts * esize;
-    const int lanes = choose_team_lanes(a);
-    const bool pipeline = lanes == 0 && pipeline_enabled() && row_bytes % 16 == 0 && aligned(logits, 16);
-    return run(op, logits_dtype, a, num_tokens, lanes > 0 ? 0 : words, pipeline ? row_bytes : 0, lanes,
+    const int lanes = choose_team_lanes(a), chunks = lanes > 0 ? 0 : choose_wide_chunks(a);
+    const bool own_rows = lanes > 0 || chunks > 0;  // kernels without shared memory or pipeline
+    const bool pipeline = !own_rows && pipeline_enabled() && row_bytes % 16 == 0 && aligned(logits, 16);
+    return run(op, logits_dtype, a, num_tokens, own_rows ? 0 : words, pipeline ? row_bytes : 0, lanes, chunks,
                reinterpret_cast<cudaStream_t>(stream), vec_ptrs, 4);
   });
 }
@@ -381,6 +403,6 @@ extern "C" MOEKIT_API moekit_status_t moekit_router_topk_backward(
     a.scale = scaling_factor;
     const int words = a.map_kind == kMapNone ? (a.E + 3) / 4 : 0;  // byte mask built from the indices
     const void* vec_ptrs[] = {grad_probs, intermediate, grad_logits, a.map_kind == kMapBytes ? a.map : nullptr};
-    return run(op, grad_dtype, a, num_tokens, words, 0, 0, reinterpret_cast<cudaStream_t>(stream), vec_ptrs, 4);
+    return run(op, grad_dtype, a, num_tokens, words, 0, 0, 0, reinterpret_cast<cudaStream_t>(stream), vec_ptrs, 4);
   });
 }

@@ -262,6 +262,25 @@ __device__ __forceinline__ void put_index(void* out, bool idx64, int r, uint32_t
   else static_cast<int32_t*>(out)[r] = (int32_t)idx;
 }
 
+// Packed rounds: min over the keys of (below - key), where below = last winner - 1. Keys at or
+// above the last winner wrap to at least `below + 1`, so the min names the largest key below it.
+// Two or four independent chains: one serial chain of N dependent min operations would set the
+// round's latency.
+template <int N>
+__device__ __forceinline__ uint32_t min_below(const uint32_t (&key)[N], uint32_t below) {
+  constexpr int kChains = N >= 32 ? 4 : N >= 2 ? 2 : 1;
+  uint32_t d[kChains];
+#pragma unroll
+  for (int i = 0; i < kChains; ++i) d[i] = below - key[i];
+#pragma unroll
+  for (int p = kChains; p < N; ++p) d[p % kChains] = min(d[p % kChains], below - key[p]);
+#pragma unroll
+  for (int h = kChains / 2; h > 0; h >>= 1)
+#pragma unroll
+    for (int i = 0; i < h; ++i) d[i] = min(d[i], d[i + h]);
+  return d[0];
+}
+
 // Iterative top-k on a warp team, K rounds of: the lane's best key, one redux.max, then the lowest
 // index holding it, whose key is cleared to kAbsentKey (real keys are >= kNanKey, so nothing is
 // ever chosen twice and "selected" = "was real, is now absent"). With unique (packed) keys a round
@@ -281,10 +300,7 @@ __device__ __forceinline__ uint64_t warp_rounds_select(const WarpTeam& team, uin
     if (packed_mask != 0) {
       // unique keys: the largest key below the last winner, as in forward_team_kernel
       const uint32_t below = last - 1u;
-      uint32_t d = below - key[0];
-#pragma unroll
-      for (int p = 1; p < VPT; ++p) d = min(d, below - key[p]);
-      last = below - __reduce_min_sync(kFullMask, d);
+      last = below - __reduce_min_sync(kFullMask, min_below(key, below));
       winner = packed_mask - (last & packed_mask);
     } else {
       uint32_t m = key[0];
@@ -952,14 +968,10 @@ __global__ void __launch_bounds__(128) forward_team_kernel(ForwardArgs a) {
     uint32_t m, winner;
     if constexpr (PACKED) {
       // Unique keys are taken in descending order, so round r's winner is the largest key below
-      // the last one: the min of (last - 1 - key), which wraps to at least `last` for keys at or
-      // above it (last = 0 in round 0: every key). Nothing is cleared: a subtraction per key and
-      // a 3-way min per two keys, against a compare and a select per key for the clearing.
+      // the last one (min_below; last = 0 in round 0: every key). Nothing is cleared: one fused
+      // subtract-and-min per key, against a compare and a select per key for the clearing.
       const uint32_t below = last - 1u;
-      uint32_t d = below - key[0];
-#pragma unroll
-      for (int p = 1; p < kTeamKeys; ++p) d = min(d, below - key[p]);
-      m = below - Team::min(d);
+      m = below - Team::min(min_below(key, below));
       winner = kMask - (m & kMask);
     } else {
       m = key[0];
@@ -1044,6 +1056,82 @@ __global__ void __launch_bounds__(128) forward_team_kernel(ForwardArgs a) {
     }
     store_chunk<T, kTeamVec>(static_cast<T*>(a.probs) + off, e0, E, vec, pr);
     if (mode == kSoftmaxPost) store_chunk<float, kTeamVec>(a.intermediate + off, e0, E, vec, im);
+    if (a.map_kind == kMapBytes) store_bytes<kTeamVec>(a.map + off, e0, E, vec, mb);
+    else if (a.map_kind == kMapBits) store_bitmap_chunk<kTeamVec>(a.map + row * (int64_t)((E + 7) / 8), e0, E, bits);
+  }
+}
+
+// ---- wide packed rows (softmax-post, 16-bit logits, no groups, 512 < E <= 2560) ----------------
+// One warp per row, CHUNKS chunks of 8 per lane (chunk c of lane t covers [(c * 32 + t) * 8, + 8)),
+// and only the packed keys in registers (8 * CHUNKS): the values come back from the keys
+// (packed_key_value), so neither raw values nor weights are kept. Rounds as in forward_team_kernel
+// (the largest key below the last winner, one redux.min each); every lane adds each winner's exp
+// to the softmax sum as it is found, and the output pass recomputes the exp of the selected keys.
+// Block rows (forward_block_kernel) ran e2304k36 at ~48% of the copy ceiling in bf16 (NOTES v3).
+constexpr int kWideMinChunks = 3, kWideMaxChunks = 10;
+
+template <typename T, int CHUNKS>
+__global__ void __launch_bounds__(128) forward_wide_packed_kernel(ForwardArgs a) {
+  static_assert(sizeof(T) == 2, "packed keys need 16-bit logits");
+  constexpr uint32_t kMask = std::is_same<T, __half>::value ? 0x1fffu : 0xffffu;
+  constexpr int kKeys = CHUNKS * kTeamVec;
+  const int lane = threadIdx.x & 31;
+  const int64_t row = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  if (row >= a.T) return;  // a warp owns a row: the whole warp leaves
+  const int E = a.E;
+  const int64_t off = row * (int64_t)E;
+  const bool vec = a.vec != 0;
+  auto elem = [&](int p) { return ((p / kTeamVec) * 32 + lane) * kTeamVec + p % kTeamVec; };
+
+  uint32_t key[kKeys];
+#pragma unroll
+  for (int c = 0; c < CHUNKS; ++c) {
+    float v8[kTeamVec];
+    load_chunk<T, kTeamVec>(static_cast<const T*>(a.logits) + off, elem(c * kTeamVec), E, vec, 0.0f, v8);
+#pragma unroll
+    for (int v = 0; v < kTeamVec; ++v) {
+      const int e = elem(c * kTeamVec + v);
+      key[c * kTeamVec + v] = e < E ? (order_key(v8[v]) & ~kMask) | (kMask - (uint32_t)e) : kAbsentKey;
+    }
+  }
+
+  void* out = a.indices == nullptr ? nullptr
+              : a.idx64           ? (void*)(static_cast<int64_t*>(a.indices) + row * a.K)
+                                  : (void*)(static_cast<int32_t*>(a.indices) + row * a.K);
+  uint32_t last = 0, held = 0;
+  float mx = 0.0f, z = 0.0f;  // the softmax over the winners: their maximum (the first) and sum
+#pragma unroll 1
+  for (int r = 0; r < a.K; ++r) {
+    const uint32_t below = last - 1u;
+    last = below - __reduce_min_sync(kFullMask, min_below(key, below));
+    const float v = packed_key_value<kMask>(last);
+    mx = r == 0 ? v : mx;
+    z += expf(v - mx);
+    const int slot = r % 32;
+    held = lane == slot ? kMask - (last & kMask) : held;
+    if (out != nullptr && (slot == 31 || r == a.K - 1) && lane <= slot) put_index(out, a.idx64 != 0, r - slot + lane, held);
+  }
+  const float inv = 1.0f / z;
+
+#pragma unroll
+  for (int c = 0; c < CHUNKS; ++c) {
+    const int e0 = elem(c * kTeamVec);
+    if (e0 >= E) continue;
+    float pr[kTeamVec], im[kTeamVec];
+    uint8_t mb[kTeamVec];
+    uint32_t bits = 0;
+#pragma unroll
+    for (int v = 0; v < kTeamVec; ++v) {
+      const uint32_t k = key[c * kTeamVec + v];
+      const bool on = k >= last;  // padding keys are 0, below every real key
+      const float w = expf(packed_key_value<kMask>(k) - mx) * inv;
+      pr[v] = on ? w * a.scale : 0.0f;
+      im[v] = on ? w : -INFINITY;
+      mb[v] = on;
+      bits |= (uint32_t)on << v;
+    }
+    store_chunk<T, kTeamVec>(static_cast<T*>(a.probs) + off, e0, E, vec, pr);
+    store_chunk<float, kTeamVec>(a.intermediate + off, e0, E, vec, im);
     if (a.map_kind == kMapBytes) store_bytes<kTeamVec>(a.map + off, e0, E, vec, mb);
     else if (a.map_kind == kMapBits) store_bitmap_chunk<kTeamVec>(a.map + row * (int64_t)((E + 7) / 8), e0, E, bits);
   }

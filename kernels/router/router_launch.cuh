@@ -14,6 +14,7 @@ struct LaunchShape {
   bool block_team;  // one block per row (else one warp per row)
   bool pipelined;   // forward only: persistent warps with cp.async-staged rows
   int team_lanes;   // forward only: lanes per row of forward_team_kernel (0: not that kernel)
+  int wide_chunks;  // forward only: chunks per lane of forward_wide_packed_kernel (0: not that kernel)
   int vpt;          // elements per thread: warp 1..32 (powers of 2), block 8, 16 or 32
   int threads;      // block size
   int64_t blocks;   // blocks to cover every row (a persistent grid takes fewer)
@@ -114,10 +115,29 @@ cudaError_t launch_team(const ForwardArgs& a, const LaunchShape& s, cudaStream_t
   else return launch_team<T, kSoftmaxPost>(a, s, stream);
 }
 
+template <typename T>
+cudaError_t launch_wide(const ForwardArgs& a, const LaunchShape& s, cudaStream_t stream) {
+  if constexpr (sizeof(T) == 2) {
+    static_assert(kWideMinChunks == 3 && kWideMaxChunks == 10, "the cases below");
+    switch (s.wide_chunks) {
+      case 3: return launch_one(&forward_wide_packed_kernel<T, 3>, a, s, stream);
+      case 4: return launch_one(&forward_wide_packed_kernel<T, 4>, a, s, stream);
+      case 5: return launch_one(&forward_wide_packed_kernel<T, 5>, a, s, stream);
+      case 6: return launch_one(&forward_wide_packed_kernel<T, 6>, a, s, stream);
+      case 7: return launch_one(&forward_wide_packed_kernel<T, 7>, a, s, stream);
+      case 8: return launch_one(&forward_wide_packed_kernel<T, 8>, a, s, stream);
+      case 9: return launch_one(&forward_wide_packed_kernel<T, 9>, a, s, stream);
+      case 10: return launch_one(&forward_wide_packed_kernel<T, 10>, a, s, stream);
+    }
+  }
+  return cudaErrorInvalidConfiguration;  // packed keys need 16-bit logits (router.cu, keys_packed)
+}
+
 #define MOEKIT_ROUTER_INSTANTIATE(T)                                                                   \
   template <>                                                                                          \
   cudaError_t launch_forward<T>(const ForwardArgs& a, const LaunchShape& s, cudaStream_t stream) {     \
     if (s.team_lanes > 0) return launch_team<T>(a, s, stream);                                         \
+    if (s.wide_chunks > 0) return launch_wide<T>(a, s, stream);                                        \
     if (s.block_team) return launch_block<T, ForwardBlock>(a, s, stream);                              \
     if (s.pipelined) return launch_warp<T, ForwardWarpPipelined>(a, s, stream);                        \
     return launch_warp<T, ForwardWarp>(a, s, stream);                                                  \
