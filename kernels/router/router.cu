@@ -235,26 +235,20 @@ void shape_args(ForwardArgs& a, const LaunchShape& s, int row_bytes) {
 }
 void shape_args(BackwardArgs&, const LaunchShape&, int) {}
 
-template <typename Args>
-cudaError_t launch(moekit_dtype_t dtype, bool forward, const Args& a, const LaunchShape& s, cudaStream_t stream);
-
-template <>
-cudaError_t launch<ForwardArgs>(moekit_dtype_t dtype, bool, const ForwardArgs& a, const LaunchShape& s,
-                                cudaStream_t stream) {
+// The kernels' element type for a float dtype (the caller has checked it), as a value of that type.
+template <typename F>
+cudaError_t with_element_type(moekit_dtype_t dtype, F&& f) {
   switch (dtype) {
-    case MOEKIT_DTYPE_F32: return launch_forward<float>(a, s, stream);
-    case MOEKIT_DTYPE_F16: return launch_forward<__half>(a, s, stream);
-    default: return launch_forward<__nv_bfloat16>(a, s, stream);
+    case MOEKIT_DTYPE_F32: return f(float{});
+    case MOEKIT_DTYPE_F16: return f(__half{});
+    default: return f(__nv_bfloat16{});
   }
 }
-template <>
-cudaError_t launch<BackwardArgs>(moekit_dtype_t dtype, bool, const BackwardArgs& a, const LaunchShape& s,
-                                 cudaStream_t stream) {
-  switch (dtype) {
-    case MOEKIT_DTYPE_F32: return launch_backward<float>(a, s, stream);
-    case MOEKIT_DTYPE_F16: return launch_backward<__half>(a, s, stream);
-    default: return launch_backward<__nv_bfloat16>(a, s, stream);
-  }
+cudaError_t launch(moekit_dtype_t dtype, const ForwardArgs& a, const LaunchShape& s, cudaStream_t stream) {
+  return with_element_type(dtype, [&](auto t) { return launch_forward<decltype(t)>(a, s, stream); });
+}
+cudaError_t launch(moekit_dtype_t dtype, const BackwardArgs& a, const LaunchShape& s, cudaStream_t stream) {
+  return with_element_type(dtype, [&](auto t) { return launch_backward<decltype(t)>(a, s, stream); });
 }
 
 // Common tail: device query, launch shape, shared-memory limit, vector-path flag, launch.
@@ -277,7 +271,7 @@ moekit_status_t run(const char* op, moekit_dtype_t dtype, Args& a, int64_t T, in
   a.vec = ok;
   a.smem_words_per_team = smem_words_per_team;
   shape_args(a, s, pipeline_row_bytes);
-  cudaError_t err = launch(dtype, true, a, s, stream);
+  cudaError_t err = launch(dtype, a, s, stream);
   if (err != cudaSuccess) return cuda_fail(op, "kernel launch", err);
   return MOEKIT_SUCCESS;
 }

@@ -437,6 +437,19 @@ __device__ __forceinline__ void store_bitmap_chunk(uint8_t* row_bits, int e0, in
   }
 }
 
+// Stores one chunk of a row's forward outputs: probs, the softmax-post intermediate (when
+// `intermediate`), and the routing map as bytes or bits, as ForwardArgs says.
+template <typename T, int VEC>
+__device__ __forceinline__ void store_forward_chunk(const ForwardArgs& a, int64_t row, int e0, bool vec,
+                                                    bool intermediate, const float (&pr)[VEC], const float (&im)[VEC],
+                                                    const uint8_t (&mb)[VEC], uint32_t bits) {
+  const int64_t off = row * (int64_t)a.E;
+  store_chunk<T, VEC>(static_cast<T*>(a.probs) + off, e0, a.E, vec, pr);
+  if (intermediate) store_chunk<float, VEC>(a.intermediate + off, e0, a.E, vec, im);
+  if (a.map_kind == kMapBytes) store_bytes<VEC>(a.map + off, e0, a.E, vec, mb);
+  else if (a.map_kind == kMapBits) store_bitmap_chunk<VEC>(a.map + row * (int64_t)((a.E + 7) / 8), e0, a.E, bits);
+}
+
 // Group key of a group made of whole thread chunks of VEC keys, `lanes` neighbouring lanes (a power
 // of 2) of one sweep: each lane takes the top-2 of its chunk (t1 >= t2; a repeated maximum fills
 // both), a butterfly merges them, and the group's key is the sum of its top `per_group` (1 or 2)
@@ -665,10 +678,7 @@ __device__ __forceinline__ void forward_row(const ForwardArgs& a, Team& team, in
       mb[v] = on;
       bits |= (uint32_t)on << v;
     }
-    store_chunk<T, VEC>(static_cast<T*>(a.probs) + off, e0, E, vec, pr);
-    if (a.mode == kSoftmaxPost) store_chunk<float, VEC>(a.intermediate + off, e0, E, vec, im);
-    if (a.map_kind == kMapBytes) store_bytes<VEC>(a.map + off, e0, E, vec, mb);
-    else if (a.map_kind == kMapBits) store_bitmap_chunk<VEC>(a.map + row * (int64_t)((E + 7) / 8), e0, E, bits);
+    store_forward_chunk<T, VEC>(a, row, e0, vec, a.mode == kSoftmaxPost, pr, im, mb, bits);
   }
 }
 
@@ -1054,10 +1064,7 @@ __global__ void __launch_bounds__(128) forward_team_kernel(ForwardArgs a) {
       im[v] = on ? w[c * kTeamVec + v] : -INFINITY;
       mb[v] = on;
     }
-    store_chunk<T, kTeamVec>(static_cast<T*>(a.probs) + off, e0, E, vec, pr);
-    if (mode == kSoftmaxPost) store_chunk<float, kTeamVec>(a.intermediate + off, e0, E, vec, im);
-    if (a.map_kind == kMapBytes) store_bytes<kTeamVec>(a.map + off, e0, E, vec, mb);
-    else if (a.map_kind == kMapBits) store_bitmap_chunk<kTeamVec>(a.map + row * (int64_t)((E + 7) / 8), e0, E, bits);
+    store_forward_chunk<T, kTeamVec>(a, row, e0, vec, mode == kSoftmaxPost, pr, im, mb, bits);
   }
 }
 
@@ -1130,10 +1137,7 @@ __global__ void __launch_bounds__(128) forward_wide_packed_kernel(ForwardArgs a)
       mb[v] = on;
       bits |= (uint32_t)on << v;
     }
-    store_chunk<T, kTeamVec>(static_cast<T*>(a.probs) + off, e0, E, vec, pr);
-    store_chunk<float, kTeamVec>(a.intermediate + off, e0, E, vec, im);
-    if (a.map_kind == kMapBytes) store_bytes<kTeamVec>(a.map + off, e0, E, vec, mb);
-    else if (a.map_kind == kMapBits) store_bitmap_chunk<kTeamVec>(a.map + row * (int64_t)((E + 7) / 8), e0, E, bits);
+    store_forward_chunk<T, kTeamVec>(a, row, e0, vec, true, pr, im, mb, bits);
   }
 }
 

@@ -198,6 +198,15 @@ def require_same_device(reference, reference_name, array, name):
         )
 
 
+def input_like(obj, name, reference, reference_name, shape, dtypes):
+    """A further input of an op: a device array of `shape` and one of `dtypes`, on the device of
+    `reference` (the op's first input)."""
+    array = as_device_array(obj, name)
+    require(array, name, shape, dtypes)
+    require_same_device(reference, reference_name, array, name)
+    return array
+
+
 def int64_arg(value, name):
     """An integer argument as int; ctypes would silently wrap values beyond int64."""
     try:

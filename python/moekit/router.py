@@ -12,6 +12,7 @@ from ._array import (
     as_device_array,
     choice,
     float_arg,
+    input_like,
     int64_arg,
     launch,
     output,
@@ -83,9 +84,7 @@ def router_topk_forward(
 
     bias = None
     if expert_bias is not None:
-        bias = as_device_array(expert_bias, "expert_bias")
-        require(bias, "expert_bias", (num_experts,), FLOAT_DTYPES)
-        require_same_device(x, "logits", bias, "expert_bias")
+        bias = input_like(expert_bias, "expert_bias", x, "logits", (num_experts,), FLOAT_DTYPES)
 
     if out is None:
         out = (None, None, None)
@@ -145,9 +144,7 @@ def router_topk_backward(
     num_tokens, num_experts = grad.shape
     stream = stream_handle(stream, grad)
 
-    saved = as_device_array(intermediate, "intermediate")
-    require(saved, "intermediate", grad.shape, ("float32",))
-    require_same_device(grad, "grad_probs", saved, "intermediate")
+    saved = input_like(intermediate, "intermediate", grad, "grad_probs", grad.shape, ("float32",))
 
     selection = as_device_array(routing_map_or_indices, "routing_map_or_indices")
     if map_format == "indices":
