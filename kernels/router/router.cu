@@ -109,6 +109,14 @@ int choose_wide_chunks(const ForwardArgs& a) {
   return chunks <= kWideMaxChunks ? chunks : 0;
 }
 
+// Backward calls of at most this many elements (T * E) read grad and intermediate everywhere
+// rather than only where selected: one memory round trip instead of two, for calls too small to be
+// bandwidth-bound. Not yet measured (bench/NOTES.md v4 candidates); 0 turns it off.
+int64_t backward_dense_max_elements() {
+  static const int64_t v = env_int("MOEKIT_ROUTER_BWD_DENSE_MAX", 1 << 21);
+  return v;
+}
+
 // `smem_words_per_team`: shared memory one team needs besides a block team's scratch.
 // `pipeline_row_bytes` > 0 asks for the pipelined forward kernel (warp teams only).
 // `team_lanes` > 0 asks for the team row kernel, `wide_chunks` > 0 for the wide packed one (forward
@@ -395,6 +403,7 @@ extern "C" MOEKIT_API moekit_status_t moekit_router_topk_backward(
     a.map_kind = map_format == MOEKIT_MAP_BYTEMAP ? kMapBytes : map_format == MOEKIT_MAP_BITMAP ? kMapBits : kMapNone;
     a.idx64 = index_dtype == MOEKIT_DTYPE_I64;
     a.scale = scaling_factor;
+    a.dense_loads = num_tokens * num_experts <= backward_dense_max_elements();
     const int words = a.map_kind == kMapNone ? (a.E + 3) / 4 : 0;  // byte mask built from the indices
     const void* vec_ptrs[] = {grad_probs, intermediate, grad_logits, a.map_kind == kMapBytes ? a.map : nullptr};
     return run(op, grad_dtype, a, num_tokens, words, 0, 0, 0, reinterpret_cast<cudaStream_t>(stream), vec_ptrs, 4);

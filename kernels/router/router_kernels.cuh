@@ -72,6 +72,7 @@ struct BackwardArgs {
   int map_kind;
   int idx64;
   int vec;
+  int dense_loads;  // read grad and intermediate everywhere, not only where selected (router.cu)
   float scale;
   int smem_words_per_team;
 };
@@ -703,8 +704,10 @@ __device__ __forceinline__ void backward_row(const BackwardArgs& a, Team& team, 
   }
 
   // Off the selection, only softmax-pre needs grad or intermediate: the other modes read them
-  // only in chunks holding a selected expert (K of E), which is most of the traffic saved.
-  const bool dense = a.mode == kSoftmaxPre;
+  // only in chunks holding a selected expert (K of E), which is most of the traffic saved. Small
+  // calls read them anyway (dense_loads): then no load waits for the map, one memory round trip
+  // instead of two, where latency, not traffic, sets the time.
+  const bool dense = a.mode == kSoftmaxPre || a.dense_loads;
   float g[VPT], y[VPT];
   uint64_t m = 0;
 #pragma unroll
