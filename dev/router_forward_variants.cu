@@ -20,6 +20,8 @@
 //   packedN   the library's forward_team_kernel, packed keys (v3): N = E / 16 lanes per row, 16 bf16 per
 //             lane, only raw values and packed keys in registers, one max + log2(N) shuffles + clear
 //             per round.
+//   wide      the library's forward_wide_packed_kernel (v4, E >= 1024 here): one warp per row, only
+//             the packed keys in registers, rounds as the largest key below the last winner.
 //   subwarpN  the lean round on N lanes per row (32/N rows per warp), 16-byte chunks per lane,
 //             shuffle trees of log2(N) steps: 93 instructions per round for 4 rows at E = 128.
 // Timing: CUDA events, median of 15 samples of 20 launches, inputs rotated over > 4x L2.
@@ -300,6 +302,11 @@ void run_case(int64_t T, int E, int K, float copy_gbs) {
     char name[32];
     std::snprintf(name, sizeof(name), "packed%d", kLanes);
     if (E == kLanes * 16 && same_as_library(name)(pk)) report(name, time_us(pk, sets));
+  }
+  if constexpr (VEC * NC * 32 >= 1024) {  // the library's wide packed rows (v4): one warp per row, keys only
+    constexpr int kChunks = VEC * NC * 32 / 256;
+    auto wide = [&](int i) { forward_wide_packed_kernel<bf16, kChunks><<<blocks, threads>>>(args(bufs[i])); };
+    if (E == kChunks * 256 && same_as_library("wide")(wide)) report("wide", time_us(wide, sets));
   }
   if constexpr (VEC * NC * 32 / 16 >= 8) {
     constexpr int kNcSub = 2, kLanes = VEC * NC * 32 / (8 * kNcSub);
