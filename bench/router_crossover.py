@@ -6,11 +6,12 @@ over the same grid of (E, K), softmax-post, T = 65536:
   radix      MOEKIT_ROUTER_RADIX_MIN_K=1, filter off
   filtered   MOEKIT_ROUTER_FILTER_MIN_VPT=1 (warp teams, K <= 32; falls back to iterative)
   team       MOEKIT_ROUTER_TEAM_MAX_K=9999 (team rows, E <= 512 only)
-The first three turn the team rows off (MOEKIT_ROUTER_TEAM_MAX_K=0).
+  wide       MOEKIT_ROUTER_WIDE_MAX_K=9999 (wide packed rows, bf16, 512 < E <= 2560 only)
+The first three turn the team and wide rows off (MOEKIT_ROUTER_TEAM_MAX_K=0, MOEKIT_ROUTER_WIDE_MAX_K=0).
 Prints the three times per (E, K) and the winner: the defaults in kernels/router/router.cu come from
 this table (bench/NOTES.md). bf16 softmax-post keys are index-packed (unique); f32 keys are not.
 
-    python bench/router_crossover.py [--dtype bf16] [--tokens 65536] [--experts 128,256] [--out DIR]
+    python bench/router_crossover.py [--dtype bf16] [--tokens 65536] [--experts 128,256] [--topk 8,22] [--out DIR]
 """
 
 from __future__ import annotations
@@ -26,17 +27,26 @@ import _common  # noqa: E402
 
 EXPERTS = (128, 256, 512, 1024, 2304)
 TOPKS = (2, 4, 6, 8, 12, 16, 22, 32)
-NO_TEAM = {"MOEKIT_ROUTER_TEAM_MAX_K": "0"}
+NO_TEAM = {"MOEKIT_ROUTER_TEAM_MAX_K": "0", "MOEKIT_ROUTER_WIDE_MAX_K": "0"}
 MODES = {
     "iterative": {"MOEKIT_ROUTER_RADIX_MIN_K": "99999", "MOEKIT_ROUTER_FILTER_MIN_VPT": "0", **NO_TEAM},
     "radix": {"MOEKIT_ROUTER_RADIX_MIN_K": "1", "MOEKIT_ROUTER_FILTER_MIN_VPT": "0", **NO_TEAM},
     "filtered": {"MOEKIT_ROUTER_RADIX_MIN_K": "99999", "MOEKIT_ROUTER_FILTER_MIN_VPT": "1", **NO_TEAM},
-    "team": {"MOEKIT_ROUTER_TEAM_MAX_K": "9999"},
+    "team": {"MOEKIT_ROUTER_TEAM_MAX_K": "9999", "MOEKIT_ROUTER_WIDE_MAX_K": "0"},
+    "wide": {"MOEKIT_ROUTER_TEAM_MAX_K": "0", "MOEKIT_ROUTER_WIDE_MAX_K": "9999"},
 }
-TEAM_MAX_E = 512  # team rows exist up to this E
 
 
-def child(dtype_name: str, tokens: int, experts) -> None:
+def mode_covers(mode: str, E: int, dtype: str) -> bool:
+    """Team rows exist for E <= 512; wide rows for bf16 with 512 < E <= 2560."""
+    if mode == "team":
+        return E <= 512
+    if mode == "wide":
+        return dtype == "bf16" and 512 < E <= 2560
+    return True
+
+
+def child(dtype_name: str, tokens: int, experts, topks) -> None:
     """Times every (E, K) with whatever path this process's environment selects; JSON on stdout."""
     torch = _common.import_torch()
     import moekit
@@ -51,7 +61,7 @@ def child(dtype_name: str, tokens: int, experts) -> None:
         probs = torch.empty(tokens, E, device="cuda", dtype=dtype)
         rmap = torch.empty(tokens, E, device="cuda", dtype=torch.bool)
         inter = torch.empty(tokens, E, device="cuda", dtype=torch.float32)
-        for K in TOPKS:
+        for K in topks:
             if K > E:
                 continue
 
@@ -68,25 +78,31 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", default="bf16", choices=("bf16", "f32"))
     ap.add_argument("--tokens", type=int, default=65536)
     ap.add_argument("--experts", default=",".join(map(str, EXPERTS)), help="comma-separated E values")
+    ap.add_argument("--topk", default=",".join(map(str, TOPKS)), help="comma-separated K values")
     ap.add_argument("--out", default=_common.DEFAULT_OUT_DIR)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        child(args.dtype, args.tokens, [int(e) for e in args.experts.split(",")])
+        child(args.dtype, args.tokens, [int(e) for e in args.experts.split(",")], [int(k) for k in args.topk.split(",")])
         return 0
 
     times = {}
     for mode, knobs in MODES.items():
+        experts = [e for e in args.experts.split(",") if mode_covers(mode, int(e), args.dtype)]
+        if not experts:
+            times[mode] = {}
+            continue
         env = dict(os.environ, **knobs)
         done = subprocess.run([sys.executable, __file__, "--child", "--dtype", args.dtype, "--tokens",
-                               str(args.tokens), "--experts", args.experts], env=env, capture_output=True, text=True, check=True)
+                               str(args.tokens), "--experts", ",".join(experts), "--topk", args.topk], env=env, capture_output=True,
+                              text=True, check=True)
         times[mode] = json.loads(done.stdout.strip().splitlines()[-1])
 
     headers = ["E", "K"] + [f"{m} us" for m in MODES] + ["winner"]
     rows, first_radix = [], {}
     for key in times["radix"]:
         E, K = (int(v) for v in key.split(","))
-        us = {m: times[m][key] for m in MODES if m != "team" or E <= TEAM_MAX_E}
+        us = {m: times[m][key] for m in MODES if key in times[m]}
         winner = min(us, key=us.get)
         rows.append([E, K] + [f"{us[m]:.1f}" if m in us else "-" for m in MODES] + [winner])
         if us["radix"] < us["iterative"] and E not in first_radix:

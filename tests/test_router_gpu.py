@@ -1047,6 +1047,59 @@ def test_router_ties_nan_and_signed_zeros(E, K, groups, score, dtype, with_bias,
             assert not nan_at[row, order[row]].any(), f"{where}: a NaN expert was picked"
 
 
+# Near ties a few ulps apart, in shuffled positions. Team rows pack the f32 keys of sigmoid /
+# sqrtsoftplus with the index in their low 8-10 bits (buckets of 256-1024 ulps) and redo a row with
+# the full keys where two keys the rounds compared agree above those bits; the other paths compare
+# full keys. Keys here are exact in f32 and float64 alike, so the comparison is strict:
+# softmax-post: the key is the logit itself; sigmoid + bias: y is 0.5 (x = 0) or 0 (x = -inf) and
+# the bias a ladder in [1, 1.5), so y + b is exact in f32.
+NEAR_TIE_SHAPES = [(128, 16), (100, 6), (256, 8), (512, 8), (512, 10), (2304, 36)]
+NEAR_TIE_STEPS = ("consecutive", "few_ulps", "spread", "same_low_bits")
+
+
+def ulp_steps(kind, n, rng):
+    """Offsets in ulps: consecutive floats, a few ulps with exact ties, across several buckets, or
+    multiples of 1024 (the same low bits in different buckets)."""
+    if kind == "consecutive":
+        return rng.permutation(n)
+    if kind == "few_ulps":
+        return rng.integers(0, 4, size=n)
+    if kind == "spread":
+        return rng.integers(-1500, 1500, size=n)
+    return rng.integers(0, 3, size=n) * 1024
+
+
+def ulp_ladder(base, steps):
+    return (np.array(base, dtype=np.float32).view(np.int32) + steps.astype(np.int32)).view(np.float32)
+
+
+@pytest.mark.parametrize("steps", NEAR_TIE_STEPS)
+@pytest.mark.parametrize("score, dtype", [("softmax_post", "float32"), ("sigmoid", "float32"),
+                                          ("sigmoid", "bfloat16")])
+@pytest.mark.parametrize("E, K", NEAR_TIE_SHAPES, ids=[f"E{e}-K{k}" for e, k in NEAR_TIE_SHAPES])
+def test_router_ulp_near_ties_are_exact(E, K, score, dtype, steps, rng):
+    n = min(E, 2 * K + 3)  # competitors per row
+    rows, bias = [], None
+    if score == "softmax_post":
+        for sign in (1.0, -1.0, 1.0, 1.0):
+            row = (rng.standard_normal(E) - 8.0).astype(np.float32)  # below every competitor
+            spots = rng.choice(E, size=n, replace=False)
+            row[spots] = ulp_ladder(sign * rng.uniform(0.5, 3.0), ulp_steps(steps, n, rng))
+            rows.append(row)
+        rows[-1][spots[:K - 1]] += np.float32(1.0)  # K - 1 clear winners, near ties at the boundary
+    else:
+        bias = ulp_ladder(1.25, ulp_steps(steps, E, rng))
+        for _ in range(4):
+            row = np.full(E, -np.inf, dtype=np.float32)  # y = 0: key = b
+            row[rng.choice(E, size=n, replace=False)] = 0.0  # y = 0.5: key = b + 0.5
+            rows.append(row)
+        rows.append(np.zeros(E, dtype=np.float32))
+    logits = rounded(np.stack(rows).astype(np.float64), dtype)  # 0 and -inf are exact in bf16
+    case = Case(logits.shape[0], E, K, score, dtype, None, 1.0,
+                None if bias is None else "float32", "indices", "int64")
+    run_router_case(case, rng, logits=logits, bias=bias, strict=True)
+
+
 # ---- determinism ---------------------------------------------------------------------------------
 
 DETERMINISM_CASES = [

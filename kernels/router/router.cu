@@ -1,4 +1,5 @@
 // Router entry points: argument validation, launch-shape choice, dispatch on dtype.
+#include <algorithm>
 #include <climits>
 #include <cstdint>
 
@@ -66,18 +67,21 @@ int pipeline_enabled() {
 // higher. From bench/router_crossover.py "team" (T = 65536, H100, bench/NOTES.md v3): team rows won
 //   packed (bf16):   E = 128 up to K = 22 (radix at 32), 256: 16 (radix at 22), 512: 22 (radix at 32)
 //   unpacked (f32):  E = 128 up to K = 16 (radix at 22), 256: 8 (tie at 12), 512: 8 (filtered at 12)
-// 0 turns team rows off.
+// v4 (rounds without clearing; whole-warp rows at 256 < E <= 512 keep a list per lane): packed
+// E = 128 up to K = 48 at least (60.3 us against radix 71.3), 256: 40 (105.0 against 106.2; radix
+// at 48), 512: 48 (215.0 against 219.0; radix at 64). 0 turns team rows off.
 int team_max_k(int E, bool packed) {
   static const int forced = env_int("MOEKIT_ROUTER_TEAM_MAX_K", -1);
   if (forced >= 0) return forced;
-  if (packed) return E <= 128 ? 28 : E <= 256 ? 19 : 24;
+  if (packed) return E <= 128 ? 48 : E <= 256 ? 40 : 48;
   return E <= 128 ? 18 : 10;
 }
-// Team rows for the other score modes (softmax-pre, sigmoid, sqrtsoftplus; bias; groups) are off by
-// default: at E = 256, K = 8, sigmoid + bias + groups 8/4 they were 0.88x (bf16) and 0.87x (f32) of the
-// whole-warp rows, which compute each score once (bench/NOTES.md v3). 1 turns them on.
+// Team rows for the other score modes (softmax-pre, sigmoid, sqrtsoftplus; bias; groups). Since v4
+// (one kernel per score mode, each score computed once, rounds on packed keys with an exact
+// fallback) they beat the whole-warp rows at E = 256, K = 8, sigmoid + bias + groups 8/4: 98.8
+// against 153.1 us (bf16), 102.1 against 162.4 (f32) at T = 65536 (bench/NOTES.md v4). 0: off.
 int team_any_score() {
-  static const int v = env_int("MOEKIT_ROUTER_TEAM_ANY_SCORE", 0);
+  static const int v = env_int("MOEKIT_ROUTER_TEAM_ANY_SCORE", 1);
   return v;
 }
 // Lanes per row of a team row for this call, or 0 where team rows do not apply. Groups must be
@@ -96,25 +100,19 @@ int choose_team_lanes(const ForwardArgs& a) {
 }
 
 // Wide packed rows (forward_wide_packed_kernel): packed softmax-post keys without groups, 512 < E
-// <= 2560, K up to this bound. Not yet measured against warp and block rows (bench/NOTES.md v4
-// candidates); 0 turns them off.
-int wide_max_k() {
-  static const int v = env_int("MOEKIT_ROUTER_WIDE_MAX_K", 64);
-  return v;
+// <= 2560, K up to this bound (at most kWideMaxK). From bench/router_crossover.py "wide" (T = 65536,
+// H100, bench/NOTES.md v4): wide rows won over warp and block rows (iterative, radix, filtered) up
+// to K = 64 at E = 1024 (420 us against radix 620) and up to K = 48 at E = 2304 (823 against 968;
+// radix at 64: 959 against 989). 0 turns them off.
+int wide_max_k(int E) {
+  static const int forced = env_int("MOEKIT_ROUTER_WIDE_MAX_K", -1);
+  return std::min(forced >= 0 ? forced : E <= 1024 ? 64 : 48, kWideMaxK);
 }
 // Chunks per lane of a wide packed row for this call, or 0 where they do not apply.
 int choose_wide_chunks(const ForwardArgs& a) {
-  if (!a.packed || a.G > 0 || a.E <= kTeamMaxExperts || a.K > wide_max_k()) return 0;
+  if (!a.packed || a.G > 0 || a.E <= kTeamMaxExperts || a.K > wide_max_k(a.E)) return 0;
   const int chunks = (a.E + 32 * kTeamVec - 1) / (32 * kTeamVec);
   return chunks <= kWideMaxChunks ? chunks : 0;
-}
-
-// Backward calls of at most this many elements (T * E) read grad and intermediate everywhere
-// rather than only where selected: one memory round trip instead of two, for calls too small to be
-// bandwidth-bound. Not yet measured (bench/NOTES.md v4 candidates); 0 turns it off.
-int64_t backward_dense_max_elements() {
-  static const int64_t v = env_int("MOEKIT_ROUTER_BWD_DENSE_MAX", 1 << 21);
-  return v;
 }
 
 // `smem_words_per_team`: shared memory one team needs besides a block team's scratch.
@@ -403,7 +401,6 @@ extern "C" MOEKIT_API moekit_status_t moekit_router_topk_backward(
     a.map_kind = map_format == MOEKIT_MAP_BYTEMAP ? kMapBytes : map_format == MOEKIT_MAP_BITMAP ? kMapBits : kMapNone;
     a.idx64 = index_dtype == MOEKIT_DTYPE_I64;
     a.scale = scaling_factor;
-    a.dense_loads = num_tokens * num_experts <= backward_dense_max_elements();
     const int words = a.map_kind == kMapNone ? (a.E + 3) / 4 : 0;  // byte mask built from the indices
     const void* vec_ptrs[] = {grad_probs, intermediate, grad_logits, a.map_kind == kMapBytes ? a.map : nullptr};
     return run(op, grad_dtype, a, num_tokens, words, 0, 0, 0, reinterpret_cast<cudaStream_t>(stream), vec_ptrs, 4);

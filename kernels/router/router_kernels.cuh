@@ -72,7 +72,6 @@ struct BackwardArgs {
   int map_kind;
   int idx64;
   int vec;
-  int dense_loads;  // read grad and intermediate everywhere, not only where selected (router.cu)
   float scale;
   int smem_words_per_team;
 };
@@ -280,6 +279,46 @@ __device__ __forceinline__ uint32_t min_below(const uint32_t (&key)[N], uint32_t
 #pragma unroll
     for (int i = 0; i < h; ++i) d[i] = min(d[i], d[i + h]);
   return d[0];
+}
+
+// The L largest keys at or below `below`, in descending order, 0 where there are fewer (unique
+// keys; 0 is padding, below every real key). L passes of min_below.
+template <int L, int N>
+__device__ __forceinline__ void top_at_or_below(const uint32_t (&key)[N], uint32_t below, uint32_t (&top)[L]) {
+#pragma unroll
+  for (int i = 0; i < L; ++i) {
+    const uint32_t d = min_below(key, below);
+    top[i] = d <= below ? below - d : 0u;  // d > below: every key of the lane is above `below`
+    below = top[i] - (top[i] != 0u);
+  }
+}
+
+// K rounds over unique keys on a whole warp. Each lane keeps a list of its L largest keys not yet
+// taken, so a round is one redux.max over the lists' heads and a shift in the winning lane; a lane
+// whose list runs out refills it from its keys below its last winner. With K / 32 winners per lane
+// on average, refills are rare, and a round costs a few instructions where min_below costs one
+// subtract-and-min per key. record(r, winner) runs in every lane. Returns the K-th winner.
+template <int L, int N, class Record>
+__device__ __forceinline__ uint32_t warp_list_rounds(const uint32_t (&key)[N], int K, Record record) {
+  uint32_t list[L];
+  top_at_or_below(key, 0xffffffffu, list);
+  bool more = list[L - 1] != 0u;  // the lane may hold keys below its list
+  uint32_t m = 0;
+#pragma unroll 1
+  for (int r = 0; r < K; ++r) {
+    m = __reduce_max_sync(kFullMask, list[0]);
+    if (list[0] == m) {
+#pragma unroll
+      for (int i = 0; i + 1 < L; ++i) list[i] = list[i + 1];
+      list[L - 1] = 0u;
+      if (list[0] == 0u && more) {
+        top_at_or_below(key, m - 1u, list);
+        more = list[L - 1] != 0u;
+      }
+    }
+    record(r, m);
+  }
+  return m;
 }
 
 // Iterative top-k on a warp team, K rounds of: the lane's best key, one redux.max, then the lowest
@@ -704,10 +743,10 @@ __device__ __forceinline__ void backward_row(const BackwardArgs& a, Team& team, 
   }
 
   // Off the selection, only softmax-pre needs grad or intermediate: the other modes read them
-  // only in chunks holding a selected expert (K of E), which is most of the traffic saved. Small
-  // calls read them anyway (dense_loads): then no load waits for the map, one memory round trip
-  // instead of two, where latency, not traffic, sets the time.
-  const bool dense = a.mode == kSoftmaxPre || a.dense_loads;
+  // only in chunks holding a selected expert (K of E), which is most of the traffic saved. (v4
+  // tried reading them everywhere in calls of up to 2^21 elements, so that no load waits for the
+  // map: the T = 8192 rows got 9-25% slower, bench/NOTES.md.)
+  const bool dense = a.mode == kSoftmaxPre;
   float g[VPT], y[VPT];
   uint64_t m = 0;
 #pragma unroll
@@ -808,13 +847,13 @@ __device__ __forceinline__ void backward_row(const BackwardArgs& a, Team& team, 
 // keys (16): scores are recomputed from the raw values where needed, so a warp runs several rows'
 // rounds in one instruction stream with few registers. The whole-warp row (forward_row) runs ~600
 // instructions per row at E = 128, K = 8; these rows ~240 with packed keys (bench/NOTES.md v3).
-// A round with unpacked keys: max over the lane's 16 keys and a team max, the lowest index holding
-// it (a team min), and the winner's key cleared to kAbsentKey, so "selected" = "a real element
-// whose key is now absent". Packed keys are unique: a round finds the largest key below the last
-// winner, and "selected" = "at or above the K-th winner". Round r's index is kept by rank r mod LANES and stored LANES at
+// Rounds run on index-packed keys, which are unique: a round finds the largest key below the last
+// winner, and "selected" = "at or above the K-th winner" (step 4 in the kernel: f32 keys are
+// packed with a check and an exact fallback). Round r's index is kept by rank r mod LANES and stored LANES at
 // a time. Groups are supported when a group is whole chunks of a power-of-2 number of lanes and
 // K / Kg <= 2 (router.cu, choose_team_lanes).
 constexpr int kTeamChunks = 2, kTeamVec = 8, kTeamKeys = kTeamChunks * kTeamVec;
+constexpr int kTeamList = 3;  // warp_list_rounds on whole-warp rows: K / 32 winners per lane
 constexpr int kTeamMaxExperts = 32 * kTeamKeys;
 
 // The value of a packed key, its index bits dropped (kMask: the packed bits).
@@ -926,17 +965,23 @@ __global__ void __launch_bounds__(128) forward_team_kernel(ForwardArgs a) {
       if (e0 < E) store_chunk<float, kTeamVec>(a.intermediate + off, e0, E, vec, im);
     }
   }
+  // Keys in the SPEC order: the score (+ bias); with groups, -inf outside the chosen groups.
   uint32_t key[kTeamKeys];
+  uint32_t chosen = ~0u;  // bit c: chunk c's group is kept
+  auto full_keys = [&]() {
 #pragma unroll
-  for (int c = 0; c < kTeamChunks; ++c) {
-    float b[kTeamVec];  // the bias moves selection only (softmax rows have none: the host checks)
-    if (!kPost) load_bias_chunk<kTeamVec>(a, (c * LANES + t) * kTeamVec, b);
+    for (int c = 0; c < kTeamChunks; ++c) {
+      float b[kTeamVec];  // the bias moves selection only (softmax rows have none: the host checks)
+      if (!kPost) load_bias_chunk<kTeamVec>(a, (c * LANES + t) * kTeamVec, b);
 #pragma unroll
-    for (int v = 0; v < kTeamVec; ++v) {
-      const int p = c * kTeamVec + v;
-      key[p] = elem(p) < E ? order_key(kPost ? score(p) : score(p) + b[v]) : kAbsentKey;
+      for (int v = 0; v < kTeamVec; ++v) {
+        const int p = c * kTeamVec + v;
+        const uint32_t k = elem(p) < E ? order_key(kPost ? score(p) : score(p) + b[v]) : kAbsentKey;
+        key[p] = (chosen >> c) & 1 || k == kAbsentKey ? k : kNegInfKey;
+      }
     }
-  }
+  };
+  full_keys();
 
   // ---- 3. groups: keep the Kg groups with the best sums of their top K / Kg keys
   if (a.G > 0) {
@@ -947,7 +992,7 @@ __global__ void __launch_bounds__(128) forward_team_kernel(ForwardArgs a) {
       const uint32_t k = chunk_group_key<kTeamVec>(key + c * kTeamVec, lanes_per_group, per_group);
       gkey[c] = (c * LANES + t) * kTeamVec < E ? k : kAbsentKey;
     }
-    uint32_t chosen = 0;  // bit c: chunk c's group is kept
+    chosen = 0;
 #pragma unroll 1
     for (int r = 0; r < a.Kg; ++r) {
       uint32_t m = kAbsentKey;
@@ -967,50 +1012,84 @@ __global__ void __launch_bounds__(128) forward_team_kernel(ForwardArgs a) {
       key[p] = (chosen >> (p / kTeamVec)) & 1 || key[p] == kAbsentKey ? key[p] : kNegInfKey;
   }
 
-  // ---- 4. rounds
-  if constexpr (PACKED) {  // unique keys in the SPEC order (forward_row, "packed keys")
-#pragma unroll
-    for (int p = 0; p < kTeamKeys; ++p) key[p] = key[p] == kAbsentKey ? kAbsentKey : (key[p] & ~kMask) | (kMask - (uint32_t)elem(p));
-  }
+  // ---- 4. rounds over index-packed keys: the key's low bits replaced by (kPack - index), so keys
+  // are unique and a round needs no clearing (below). 16-bit logits (PACKED) lose nothing. The f32
+  // keys of the other score modes (APPROX) lose their low log2(2 * LANES * 16) bits (9 at E <= 256),
+  // which only matters where two keys that the rounds compare agree above them: two winners in a
+  // row, or the last winner and a key below it. Such rows are redone with the full keys and clearing
+  // rounds: ties, and ~1.3% of rows of sigmoid(N(0, 1)) at E = 256, K = 8 (a NumPy model of these
+  // rounds). f32 softmax-post runs the clearing rounds only: with packing, e128k8 at T = 8192 got
+  // slower (9.1 against 8.6 us; bench/NOTES.md v4). kPack - index >= LANES * 16 > 0: a packed key
+  // is never kAbsentKey.
+  constexpr bool APPROX = !PACKED && !kPost;
+  constexpr uint32_t kPack = PACKED ? kMask : 2u * LANES * kTeamKeys - 1u;
   void* out = a.indices == nullptr ? nullptr
               : a.idx64           ? (void*)(static_cast<int64_t*>(a.indices) + (live ? row : 0) * a.K)
                                   : (void*)(static_cast<int32_t*>(a.indices) + (live ? row : 0) * a.K);
   uint32_t first = 0, held = 0, last = 0;  // the first and the latest winner's key
-#pragma unroll 1
-  for (int r = 0; r < a.K; ++r) {
-    uint32_t m, winner;
-    if constexpr (PACKED) {
-      // Unique keys are taken in descending order, so round r's winner is the largest key below
-      // the last one (min_below; last = 0 in round 0: every key). Nothing is cleared: one fused
-      // subtract-and-min per key, against a compare and a select per key for the clearing.
-      const uint32_t below = last - 1u;
-      m = below - Team::min(min_below(key, below));
-      winner = kMask - (m & kMask);
-    } else {
-      m = key[0];
-#pragma unroll
-      for (int p = 1; p < kTeamKeys; ++p) m = max(m, key[p]);
-      m = Team::max(m);
-      uint32_t lowest = 0xffffffffu;
-#pragma unroll
-      for (int p = kTeamKeys - 1; p >= 0; --p) lowest = key[p] == m ? (uint32_t)elem(p) : lowest;
-      winner = Team::min(lowest);
-#pragma unroll
-      for (int p = 0; p < kTeamKeys; ++p) key[p] = (uint32_t)elem(p) == winner ? kAbsentKey : key[p];
-    }
+  bool near = false;                        // APPROX: two keys the rounds compared agree above kPack
+  auto record = [&](int r, uint32_t m, uint32_t winner) {
+    near = near || (r > 0 && ((m ^ last) & ~kPack) == 0);
     first = r == 0 ? m : first;
     last = m;
     const int slot = r % LANES;
     held = t == slot ? winner : held;
     if (out != nullptr && live && (slot == LANES - 1 || r == a.K - 1) && t <= slot)
       put_index(out, a.idx64 != 0, r - slot + t, held);
-  }
-  uint32_t sel = 0;  // the keys are dead from here on: 16 registers back
+  };
+  // Clearing rounds on the full keys: the team's best key, the lowest index holding it (a team
+  // min), whose key is cleared to kAbsentKey; "selected" = "a real element, now cleared".
+  uint32_t sel = 0;  // the keys are dead after the rounds: 16 registers back
+  auto clearing_rounds = [&]() {
+#pragma unroll 1
+    for (int r = 0; r < a.K; ++r) {
+      uint32_t m = key[0];
 #pragma unroll
-  for (int p = 0; p < kTeamKeys; ++p) {
-    // packed: at or above the last winner (padding keys are 0, below every real key); else cleared
-    const bool in = PACKED ? key[p] >= last : key[p] == kAbsentKey;
-    sel |= (uint32_t)(in && elem(p) < E) << p;
+      for (int p = 1; p < kTeamKeys; ++p) m = max(m, key[p]);
+      m = Team::max(m);
+      uint32_t lowest = 0xffffffffu;
+#pragma unroll
+      for (int p = kTeamKeys - 1; p >= 0; --p) lowest = key[p] == m ? (uint32_t)elem(p) : lowest;
+      const uint32_t winner = Team::min(lowest);
+#pragma unroll
+      for (int p = 0; p < kTeamKeys; ++p) key[p] = (uint32_t)elem(p) == winner ? kAbsentKey : key[p];
+      record(r, m, winner);
+    }
+    sel = 0;
+#pragma unroll
+    for (int p = 0; p < kTeamKeys; ++p) sel |= (uint32_t)(key[p] == kAbsentKey && elem(p) < E) << p;
+  };
+  if constexpr (!PACKED && !APPROX) {
+    clearing_rounds();
+  } else {
+#pragma unroll
+    for (int p = 0; p < kTeamKeys; ++p)
+      key[p] = key[p] == kAbsentKey ? kAbsentKey : (key[p] & ~kPack) | (kPack - (uint32_t)elem(p));
+    if constexpr (LANES == 32) {
+      // one row per warp: each lane keeps a short list of its largest keys (22 rounds at E = 512)
+      warp_list_rounds<kTeamList>(key, a.K, [&](int r, uint32_t m) { record(r, m, kPack - (m & kPack)); });
+    } else {
+#pragma unroll 1
+      for (int r = 0; r < a.K; ++r) {
+        // Unique keys are taken in descending order, so round r's winner is the largest key below
+        // the last one (min_below; last = 0 in round 0: every key). Nothing is cleared: one fused
+        // subtract-and-min per key, against a compare and a select per key for the clearing.
+        const uint32_t below = last - 1u;
+        const uint32_t m = below - Team::min(min_below(key, below));
+        record(r, m, kPack - (m & kPack));
+      }
+    }
+#pragma unroll
+    for (int p = 0; p < kTeamKeys; ++p) {
+      // at or above the last winner (padding keys are 0, below every real key)
+      sel |= (uint32_t)(key[p] >= last && elem(p) < E) << p;
+      near = near || (key[p] < last && ((key[p] ^ last) & ~kPack) == 0);
+    }
+    if (APPROX && __any_sync(kFullMask, near)) {
+      // every team of the warp again (a uniform branch: the teams shuffle together)
+      full_keys();
+      clearing_rounds();
+    }
   }
 
   // ---- 5. weights
@@ -1074,11 +1153,13 @@ __global__ void __launch_bounds__(128) forward_team_kernel(ForwardArgs a) {
 // ---- wide packed rows (softmax-post, 16-bit logits, no groups, 512 < E <= 2560) ----------------
 // One warp per row, CHUNKS chunks of 8 per lane (chunk c of lane t covers [(c * 32 + t) * 8, + 8)),
 // and only the packed keys in registers (8 * CHUNKS): the values come back from the keys
-// (packed_key_value), so neither raw values nor weights are kept. Rounds as in forward_team_kernel
-// (the largest key below the last winner, one redux.min each); every lane adds each winner's exp
-// to the softmax sum as it is found, and the output pass recomputes the exp of the selected keys.
+// (packed_key_value), so neither raw values nor weights are kept. Rounds keep a short list of the
+// lane's largest keys (warp_list_rounds); every lane adds each winner's exp
+// to the softmax sum as it is found, and the lane that keeps a winner writes its weight last.
 // Block rows (forward_block_kernel) ran e2304k36 at ~48% of the copy ceiling in bf16 (NOTES v3).
 constexpr int kWideMinChunks = 3, kWideMaxChunks = 10;
+constexpr int kWideMaxK = 64;  // two winners per lane (forward_wide_packed_kernel's `held`)
+constexpr int kWideList = 4;  // warp_list_rounds: ~1 refill per row at K = 36 (36 / 32 winners per lane)
 
 template <typename T, int CHUNKS>
 __global__ void __launch_bounds__(128) forward_wide_packed_kernel(ForwardArgs a) {
@@ -1108,21 +1189,23 @@ __global__ void __launch_bounds__(128) forward_wide_packed_kernel(ForwardArgs a)
   void* out = a.indices == nullptr ? nullptr
               : a.idx64           ? (void*)(static_cast<int64_t*>(a.indices) + row * a.K)
                                   : (void*)(static_cast<int32_t*>(a.indices) + row * a.K);
-  uint32_t last = 0, held = 0;
-  float mx = 0.0f, z = 0.0f;  // the softmax over the winners: their maximum (the first) and sum
-#pragma unroll 1
-  for (int r = 0; r < a.K; ++r) {
-    const uint32_t below = last - 1u;
-    last = below - __reduce_min_sync(kFullMask, min_below(key, below));
-    const float v = packed_key_value<kMask>(last);
+  uint32_t held[2] = {0u, 0u};  // lane r % 32 keeps the key of round r's winner (K <= kWideMaxK)
+  float mx = 0.0f, z = 0.0f;     // the softmax over the winners: their maximum (the first) and sum
+  const uint32_t last = warp_list_rounds<kWideList>(key, a.K, [&](int r, uint32_t m) {
+    const float v = packed_key_value<kMask>(m);
     mx = r == 0 ? v : mx;
     z += expf(v - mx);
     const int slot = r % 32;
-    held = lane == slot ? kMask - (last & kMask) : held;
-    if (out != nullptr && (slot == 31 || r == a.K - 1) && lane <= slot) put_index(out, a.idx64 != 0, r - slot + lane, held);
-  }
+    held[0] = lane == slot && r < 32 ? m : held[0];
+    held[1] = lane == slot && r >= 32 ? m : held[1];
+    if (out != nullptr && (slot == 31 || r == a.K - 1) && lane <= slot)
+      put_index(out, a.idx64 != 0, r - slot + lane, kMask - ((r < 32 ? held[0] : held[1]) & kMask));
+  });
   const float inv = 1.0f / z;
 
+  // Outputs: the map, and 0 / -inf everywhere in probs / intermediate; then the lanes holding the
+  // winners write their weights over those. One exp per winner, where a weight per element
+  // computed and selected would cost ~12 instructions for each of the row's E elements.
 #pragma unroll
   for (int c = 0; c < CHUNKS; ++c) {
     const int e0 = elem(c * kTeamVec);
@@ -1132,15 +1215,22 @@ __global__ void __launch_bounds__(128) forward_wide_packed_kernel(ForwardArgs a)
     uint32_t bits = 0;
 #pragma unroll
     for (int v = 0; v < kTeamVec; ++v) {
-      const uint32_t k = key[c * kTeamVec + v];
-      const bool on = k >= last;  // padding keys are 0, below every real key
-      const float w = expf(packed_key_value<kMask>(k) - mx) * inv;
-      pr[v] = on ? w * a.scale : 0.0f;
-      im[v] = on ? w : -INFINITY;
+      const bool on = key[c * kTeamVec + v] >= last;  // padding keys are 0, below every real key
+      pr[v] = 0.0f;
+      im[v] = -INFINITY;
       mb[v] = on;
       bits |= (uint32_t)on << v;
     }
     store_forward_chunk<T, kTeamVec>(a, row, e0, vec, true, pr, im, mb, bits);
+  }
+  __syncwarp();  // orders the lanes' stores above before the winners' stores below
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    if (held[h] == 0u) continue;
+    const uint32_t e = kMask - (held[h] & kMask);
+    const float w = expf(packed_key_value<kMask>(held[h]) - mx) * inv;
+    static_cast<T*>(a.probs)[off + e] = from_float<T>(w * a.scale);
+    a.intermediate[off + e] = w;
   }
 }
 
