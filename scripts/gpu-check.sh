@@ -3,7 +3,7 @@
 #   scripts/gpu-check.sh                 everything
 #   TESTS=0 scripts/gpu-check.sh         skip pytest;  SANITIZER=0 / BENCH=0 / PATHS=0 likewise
 #                                        (PATHS: the tie/NaN tests again with each top-k path forced)
-#   CROSSOVER=1 scripts/gpu-check.sh     also time the top-k paths (rounds, radix, filtered) (bench/router_crossover.py)
+#   CROSSOVER=1 scripts/gpu-check.sh     also time the top-k paths (rounds, radix, filtered, team, wide) (bench/router_crossover.py)
 #   DEV=1 scripts/gpu-check.sh           also build and run dev/*.cu (kernel candidates, checked against the library)
 #   PYTEST_ARGS="-k ties" BENCH_ARGS="--quick" scripts/gpu-check.sh
 # Logs and JSON go to $OUT (the device tool's output folder) or ./gpu-check-out.
