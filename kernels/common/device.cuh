@@ -147,8 +147,30 @@ __device__ __forceinline__ void load_bytes(const uint8_t* __restrict__ p, int64_
   }
 }
 
+// ---- division by a denominator in the normal range ----------------------------------------
+// nvcc's IEEE n / d is: a reciprocal refined by one Newton step, the product n * r and one
+// correction, behind a range check (FCHK) with a slow path for extreme operands. Where d is known
+// to be in range (and n is not subnormal) the result is the same bits without the check and its
+// branch; dividing many n by one d, the refined reciprocal is computed once.
+__device__ __forceinline__ float refined_rcp(float d) {
+  float r;
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(d));
+  return fmaf(r, fmaf(-d, r, 1.0f), r);
+}
+__device__ __forceinline__ float divide_by(float n, float d, float r) {
+  const float q = n * r;
+  return fmaf(fmaf(-d, q, n), r, q);
+}
+
 // ---- score functions (fp32) ---------------------------------------------------------------
-__device__ __forceinline__ float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
+// sigmoid(x) = 1 / (1 + e^-x) for x >= 0 and e^x / (1 + e^x) below: the denominator stays in
+// (1, 2], so the division needs no range check (no branch per element) and e^-x cannot overflow.
+// NaN stays NaN (x >= 0 is false, t is NaN).
+__device__ __forceinline__ float sigmoidf(float x) {
+  const float t = expf(-fabsf(x));
+  const float d = 1.0f + t;
+  return divide_by(x >= 0.0f ? 1.0f : t, d, refined_rcp(d));
+}
 // softplus(x) = x above 20, where log1p(exp(x)) == x in fp32 anyway and exp would overflow later.
 __device__ __forceinline__ float softplusf(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
 

@@ -346,6 +346,8 @@ extern "C" MOEKIT_API moekit_status_t moekit_router_topk_forward(
     a.K = (int)topk;
     a.G = (int)num_groups;
     a.Kg = (int)group_topk;
+    a.group_size = a.G > 0 ? a.E / a.G : 0;
+    a.per_group = a.G > 0 ? a.K / a.Kg : 0;
     a.mode = score_function == MOEKIT_SCORE_SOFTMAX ? (use_pre_softmax ? kSoftmaxPre : kSoftmaxPost)
              : score_function == MOEKIT_SCORE_SIGMOID ? kSigmoid
                                                       : kSqrtSoftplus;

@@ -45,6 +45,7 @@ struct ForwardArgs {
   int E;
   int K;
   int G, Kg;  // groups (0 = off)
+  int group_size, per_group;  // E / G and K / Kg (router.cu): no integer division per row
   int mode;   // ScoreMode
   int map_kind;
   int idx64;
@@ -575,7 +576,7 @@ __device__ __forceinline__ void forward_row(const ForwardArgs& a, Team& team, in
   // ---- 2. group-limited routing: keep the Kg groups with the best sums of their top K/Kg keys
   if (a.G > 0) {
     uint32_t* gkey = smem + 256 + 4;
-    const int gsize = E / a.G, per_group = a.K / a.Kg;
+    const int gsize = a.group_size, per_group = a.per_group;
     // A group made of whole thread chunks, 1..32 neighbouring lanes of one sweep, needs no
     // shared-memory rounds: each lane takes the top-2 of its chunk, then a butterfly merges them.
     const int lanes_per_group = gsize / VEC;
@@ -698,8 +699,14 @@ __device__ __forceinline__ void forward_row(const ForwardArgs& a, Team& team, in
     for (int p = 0; p < VPT; ++p)
       if ((sel >> p) & 1) z += s[p];
     const float denom = team.sum(z) + kEps;
+    if (isinf(denom)) {  // sqrtsoftplus of +inf: IEEE division (NaN where s is inf too, else 0)
 #pragma unroll
-    for (int p = 0; p < VPT; ++p) w[p] = s[p] / denom;
+      for (int p = 0; p < VPT; ++p) w[p] = s[p] / denom;
+    } else {  // denom >= 1e-20: no range check needed
+      const float r = refined_rcp(denom);
+#pragma unroll
+      for (int p = 0; p < VPT; ++p) w[p] = divide_by(s[p], denom, r);
+    }
   }
 
   // ---- 5. outputs
@@ -985,12 +992,14 @@ __global__ void __launch_bounds__(128) forward_team_kernel(ForwardArgs a) {
 
   // ---- 3. groups: keep the Kg groups with the best sums of their top K / Kg keys
   if (a.G > 0) {
-    const int lanes_per_group = E / a.G / kTeamVec, per_group = a.K / a.Kg;
-    uint32_t gkey[kTeamChunks];
+    // lanes per group: a power of 2 (router.cu, choose_team_lanes)
+    const int lanes_per_group = a.group_size / kTeamVec, group_shift = __ffs(lanes_per_group) - 1;
+    uint32_t gkey[kTeamChunks], group[kTeamChunks];  // chunk c's group key and group index
 #pragma unroll
     for (int c = 0; c < kTeamChunks; ++c) {
-      const uint32_t k = chunk_group_key<kTeamVec>(key + c * kTeamVec, lanes_per_group, per_group);
+      const uint32_t k = chunk_group_key<kTeamVec>(key + c * kTeamVec, lanes_per_group, a.per_group);
       gkey[c] = (c * LANES + t) * kTeamVec < E ? k : kAbsentKey;
+      group[c] = (uint32_t)(c * LANES + t) >> group_shift;
     }
     chosen = 0;
 #pragma unroll 1
@@ -1001,11 +1010,10 @@ __global__ void __launch_bounds__(128) forward_team_kernel(ForwardArgs a) {
       m = Team::max(m);
       uint32_t g = 0xffffffffu;  // lowest group index holding the maximum
 #pragma unroll
-      for (int c = kTeamChunks - 1; c >= 0; --c)
-        g = !((chosen >> c) & 1) && gkey[c] == m ? (uint32_t)((c * LANES + t) / lanes_per_group) : g;
+      for (int c = kTeamChunks - 1; c >= 0; --c) g = !((chosen >> c) & 1) && gkey[c] == m ? group[c] : g;
       g = Team::min(g);
 #pragma unroll
-      for (int c = 0; c < kTeamChunks; ++c) chosen |= (uint32_t)((c * LANES + t) / lanes_per_group == (int)g) << c;
+      for (int c = 0; c < kTeamChunks; ++c) chosen |= (uint32_t)(group[c] == g) << c;
     }
 #pragma unroll
     for (int p = 0; p < kTeamKeys; ++p)
@@ -1126,8 +1134,14 @@ __global__ void __launch_bounds__(128) forward_team_kernel(ForwardArgs a) {
       z += (sel >> p) & 1 ? w[p] : 0.0f;
     }
     const float denom = Team::sum(z) + kEps;
+    if (isinf(denom)) {  // sqrtsoftplus of +inf: IEEE division (NaN where w is inf too, else 0)
 #pragma unroll
-    for (int p = 0; p < kTeamKeys; ++p) w[p] /= denom;
+      for (int p = 0; p < kTeamKeys; ++p) w[p] /= denom;
+    } else {  // denom >= 1e-20: no range check needed
+      const float r = refined_rcp(denom);
+#pragma unroll
+      for (int p = 0; p < kTeamKeys; ++p) w[p] = divide_by(w[p], denom, r);
+    }
   }
   if (!live) return;
 
