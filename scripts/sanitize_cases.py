@@ -11,7 +11,7 @@ import torch
 import moekit
 from moekit import reference
 
-CASES = [  # (T, E, K, score, pre, groups, bias, map_format, dtype)
+CASES = [  # (T, E, K, score, pre, groups, bias, map_format, dtype[, "grid"])
     (37, 33, 3, "softmax", False, (0, 0), False, "bytemap", torch.float32),
     (64, 128, 8, "sigmoid", False, (8, 4), True, "bitmap", torch.bfloat16),
     (19, 100, 22, "softmax", True, (0, 0), False, "indices", torch.float16),
@@ -33,14 +33,19 @@ CASES = [  # (T, E, K, score, pre, groups, bias, map_format, dtype)
     (7, 1000, 9, "softmax", False, (0, 0), False, "bitmap", torch.bfloat16),
     (5, 2560, 64, "softmax", False, (0, 0), False, "bytemap", torch.float16),
     (9, 777, 33, "softmax", False, (0, 0), False, "indices", torch.bfloat16),
+    # f32 wide rows: packed with a check (random logits), and the exact fallback (ties on a grid)
+    (6, 2304, 36, "softmax", False, (0, 0), False, "indices", torch.float32),
+    (5, 1001, 9, "softmax", False, (0, 0), False, "bitmap", torch.float32, "grid"),
 ]
 
 
 def main():
     failures = 0
-    for T, E, K, score, pre, (G, Kg), bias, fmt, dt in CASES:
+    for T, E, K, score, pre, (G, Kg), bias, fmt, dt, *extra in CASES:
         if True:
             x = (torch.randn(T, E, device="cuda") * 2).to(dt)
+            if "grid" in extra:
+                x = torch.round(x * 2) / 2  # many exact ties
             b = torch.randn(E, device="cuda") if bias else None
             probs, sel, inter = moekit.router_topk_forward(
                 x, K, score_function=score, use_pre_softmax=pre, num_groups=G, group_topk=Kg,

@@ -108,9 +108,16 @@ int wide_max_k(int E) {
   static const int forced = env_int("MOEKIT_ROUTER_WIDE_MAX_K", -1);
   return std::min(forced >= 0 ? forced : E <= 1024 ? 64 : 48, kWideMaxK);
 }
+// f32 softmax-post on wide rows too (keys packed with a check and an exact fallback; v5 candidate,
+// not yet measured: bench/NOTES.md). 0 turns them off for f32.
+int wide_f32() {
+  static const int v = env_int("MOEKIT_ROUTER_WIDE_F32", 1);
+  return v;
+}
 // Chunks per lane of a wide packed row for this call, or 0 where they do not apply.
-int choose_wide_chunks(const ForwardArgs& a) {
-  if (!a.packed || a.G > 0 || a.E <= kTeamMaxExperts || a.K > wide_max_k(a.E)) return 0;
+int choose_wide_chunks(const ForwardArgs& a, moekit_dtype_t logits_dtype) {
+  const bool keys = a.packed || (logits_dtype == MOEKIT_DTYPE_F32 && a.mode == kSoftmaxPost && wide_f32());
+  if (!keys || a.G > 0 || a.E <= kTeamMaxExperts || a.K > wide_max_k(a.E)) return 0;
   const int chunks = (a.E + 32 * kTeamVec - 1) / (32 * kTeamVec);
   return chunks <= kWideMaxChunks ? chunks : 0;
 }
@@ -361,7 +368,7 @@ extern "C" MOEKIT_API moekit_status_t moekit_router_topk_forward(
     const void* vec_ptrs[] = {logits, probs, intermediate, a.map_kind == kMapBytes ? a.map : nullptr};
     // cp.async needs 16-byte aligned rows
     const int row_bytes = (int)num_experts * esize;
-    const int lanes = choose_team_lanes(a), chunks = lanes > 0 ? 0 : choose_wide_chunks(a);
+    const int lanes = choose_team_lanes(a), chunks = lanes > 0 ? 0 : choose_wide_chunks(a, logits_dtype);
     const bool own_rows = lanes > 0 || chunks > 0;  // kernels without shared memory or pipeline
     const bool pipeline = !own_rows && pipeline_enabled() && row_bytes % 16 == 0 && aligned(logits, 16);
     return run(op, logits_dtype, a, num_tokens, own_rows ? 0 : words, pipeline ? row_bytes : 0, lanes, chunks,
