@@ -6,7 +6,7 @@ over the same grid of (E, K), softmax-post, T = 65536:
   radix      MOEKIT_ROUTER_RADIX_MIN_K=1, filter off
   filtered   MOEKIT_ROUTER_FILTER_MIN_VPT=1 (warp teams, K <= 32; falls back to iterative)
   team       MOEKIT_ROUTER_TEAM_MAX_K=9999 (team rows, E <= 512 only)
-  wide       MOEKIT_ROUTER_WIDE_MAX_K=9999 (wide packed rows, bf16, 512 < E <= 2560 only)
+  wide       MOEKIT_ROUTER_WIDE_MAX_K=9999 (wide packed rows, 512 < E <= 2560 only)
 The first three turn the team and wide rows off (MOEKIT_ROUTER_TEAM_MAX_K=0, MOEKIT_ROUTER_WIDE_MAX_K=0).
 Prints the three times per (E, K) and the winner: the defaults in kernels/router/router.cu come from
 this table (bench/NOTES.md). bf16 softmax-post keys are index-packed (unique); f32 keys are not.
@@ -38,11 +38,11 @@ MODES = {
 
 
 def mode_covers(mode: str, E: int, dtype: str) -> bool:
-    """Team rows exist for E <= 512; wide rows for bf16 with 512 < E <= 2560."""
+    """Team rows exist for E <= 512; wide rows for 512 < E <= 2560 (f32 with MOEKIT_ROUTER_WIDE_F32)."""
     if mode == "team":
         return E <= 512
     if mode == "wide":
-        return dtype == "bf16" and 512 < E <= 2560
+        return 512 < E <= 2560
     return True
 
 
