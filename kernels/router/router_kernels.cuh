@@ -983,10 +983,14 @@ __global__ void __launch_bounds__(128) forward_team_kernel(ForwardArgs a) {
 #pragma unroll
       for (int v = 0; v < kTeamVec; ++v) {
         const int p = c * kTeamVec + v;
-        const uint32_t k = elem(p) < E ? order_key(kPost ? score(p) : score(p) + b[v]) : kAbsentKey;
-        key[p] = (chosen >> c) & 1 || k == kAbsentKey ? k : kNegInfKey;
+        key[p] = elem(p) < E ? order_key(kPost ? score(p) : score(p) + b[v]) : kAbsentKey;
       }
     }
+  };
+  auto mask_groups = [&]() {  // keys outside the chosen groups become -inf (padding stays absent)
+#pragma unroll
+    for (int p = 0; p < kTeamKeys; ++p)
+      key[p] = (chosen >> (p / kTeamVec)) & 1 || key[p] == kAbsentKey ? key[p] : kNegInfKey;
   };
   full_keys();
 
@@ -1015,9 +1019,7 @@ __global__ void __launch_bounds__(128) forward_team_kernel(ForwardArgs a) {
 #pragma unroll
       for (int c = 0; c < kTeamChunks; ++c) chosen |= (uint32_t)(group[c] == g) << c;
     }
-#pragma unroll
-    for (int p = 0; p < kTeamKeys; ++p)
-      key[p] = (chosen >> (p / kTeamVec)) & 1 || key[p] == kAbsentKey ? key[p] : kNegInfKey;
+    mask_groups();
   }
 
   // ---- 4. rounds over index-packed keys: the key's low bits replaced by (kPack - index), so keys
@@ -1096,6 +1098,7 @@ __global__ void __launch_bounds__(128) forward_team_kernel(ForwardArgs a) {
     if (APPROX && __any_sync(kFullMask, near)) {
       // every team of the warp again (a uniform branch: the teams shuffle together)
       full_keys();
+      if (a.G > 0) mask_groups();
       clearing_rounds();
     }
   }
