@@ -45,7 +45,6 @@ struct ForwardArgs {
   int E;
   int K;
   int G, Kg;  // groups (0 = off)
-  int group_size, per_group;  // E / G and K / Kg (router.cu): no integer division per row
   int mode;   // ScoreMode
   int map_kind;
   int idx64;
@@ -58,6 +57,7 @@ struct ForwardArgs {
   int smem_words_per_team;  // dynamic shared memory per team (warp teams) in 32-bit words
   int stages;               // pipelined kernel: row buffers per warp (1 or 2)
   int stage_bytes;          // pipelined kernel: bytes per row buffer (multiple of 16)
+  int group_size, per_group;  // E / G and K / Kg (router.cu): no integer division per row
 };
 
 struct BackwardArgs {
@@ -1171,24 +1171,142 @@ __global__ void __launch_bounds__(128) forward_team_kernel(ForwardArgs a) {
 // One warp per row, CHUNKS chunks of 8 per lane (chunk c of lane t covers [(c * 32 + t) * 8, + 8)),
 // and only index-packed keys in registers (8 * CHUNKS). Rounds keep a short list of the lane's
 // largest keys (warp_list_rounds), and the lane that keeps a winner writes its weight last.
-// 16-bit logits pack without loss: the values come back from the keys (packed_key_value), and every
-// lane adds each winner's exp to the softmax sum as it is found.
-// f32 keys (APPROX) keep their upper 20 bits, the low 12 holding (0xfff - index). The selected set
-// is then exact unless the last winner shares its upper bits with a key below it (5% of rows of
-// N(0, 4) logits at E = 2304, K = 36, 1.3% of N(0, 1) at E = 1024, K = 22, in a NumPy model of
-// this kernel's selection): such rows run clearing rounds on the full keys. Otherwise
-// the winners came in the right order except among those sharing upper bits, which came by index:
-// each winner's full key is read back (one load per winner) and its rank counted against the other
-// winners (K shuffles).
+// 16-bit logits pack without loss (forward_wide_packed_kernel): the values come back from the keys
+// (packed_key_value), and every lane adds each winner's exp to the softmax sum as it is found. f32
+// logits pack with a check (forward_wide_f32_kernel, which adds the check, a rank pass and the
+// exact fallback).
 // Block rows (forward_block_kernel) ran e2304k36 at ~48% of the copy ceiling in bf16 (NOTES v3).
 constexpr int kWideMinChunks = 3, kWideMaxChunks = 10;
 constexpr int kWideMaxK = 64;  // two winners per lane (forward_wide_packed_kernel's `held`)
 constexpr int kWideList = 4;  // warp_list_rounds: ~1 refill per row at K = 36 (36 / 32 winners per lane)
 
+// A wide row's keys: lane's chunk c holds elements [(c * 32 + lane) * 8, + 8); MASK != 0 packs
+// (MASK - index) into the low bits. With vector access (E % 8 == 0: a chunk is whole or absent)
+// every chunk's 16-byte pieces are loaded first, as independent predicated loads, and converted
+// after: written as load-then-convert per chunk, nvcc 13's schedule for the same source changed with
+// unrelated edits (ForwardArgs' fields), between all loads in flight (127 registers, e2304k36 bf16
+// 563 us) and one chunk's at a time (102, 700 us).
+template <typename T, int CHUNKS, uint32_t MASK>
+__device__ __forceinline__ void wide_row_keys(const T* __restrict__ x, int E, bool vec, int lane,
+                                              uint32_t (&key)[CHUNKS * kTeamVec]) {
+  auto pack = [&](float value, int e) {
+    const uint32_t k = order_key(value);
+    return e >= E ? kAbsentKey : MASK != 0u ? (k & ~MASK) | (MASK - (uint32_t)e) : k;
+  };
+  if (vec) {
+    constexpr int kPieces = kTeamVec * (int)sizeof(T) / 16;
+    uint4 raw[CHUNKS][kPieces];
+#pragma unroll
+    for (int c = 0; c < CHUNKS; ++c) {
+      const int e0 = (c * 32 + lane) * kTeamVec;
+      const uint4* src = reinterpret_cast<const uint4*>(x + e0);
+#pragma unroll
+      for (int k = 0; k < kPieces; ++k) raw[c][k] = e0 < E ? src[k] : make_uint4(0u, 0u, 0u, 0u);
+    }
+#pragma unroll
+    for (int c = 0; c < CHUNKS; ++c) {
+      const int e0 = (c * 32 + lane) * kTeamVec;
+      const T* values = reinterpret_cast<const T*>(raw[c]);
+#pragma unroll
+      for (int v = 0; v < kTeamVec; ++v) key[c * kTeamVec + v] = pack(to_float(values[v]), e0 + v);
+    }
+  } else {
+#pragma unroll
+    for (int c = 0; c < CHUNKS; ++c) {
+      const int e0 = (c * 32 + lane) * kTeamVec;
+      float v8[kTeamVec];
+      load_chunk<T, kTeamVec>(x, e0, E, false, 0.0f, v8);
+#pragma unroll
+      for (int v = 0; v < kTeamVec; ++v) key[c * kTeamVec + v] = pack(v8[v], e0 + v);
+    }
+  }
+}
+
+// A wide row's map, and 0 / -inf everywhere in probs / intermediate (keys at or above `last` are
+// selected; padding keys are 0, below every real key). The lanes holding the winners then write
+// their weights over those: one exp per winner, where a weight per element computed and selected
+// would cost ~12 instructions for each of the row's E elements.
+template <typename T, int CHUNKS>
+__device__ __forceinline__ void wide_row_map(const ForwardArgs& a, int64_t row, bool vec, int lane,
+                                             const uint32_t (&key)[CHUNKS * kTeamVec], uint32_t last) {
+  auto store = [&](auto vec_access) {  // one version per access width (see wide_row_keys)
+#pragma unroll
+    for (int c = 0; c < CHUNKS; ++c) {
+      const int e0 = (c * 32 + lane) * kTeamVec;
+      if (e0 >= a.E) continue;
+      float pr[kTeamVec], im[kTeamVec];
+      uint8_t mb[kTeamVec];
+      uint32_t bits = 0;
+#pragma unroll
+      for (int v = 0; v < kTeamVec; ++v) {
+        const bool on = key[c * kTeamVec + v] >= last;
+        pr[v] = 0.0f;
+        im[v] = -INFINITY;
+        mb[v] = on;
+        bits |= (uint32_t)on << v;
+      }
+      store_forward_chunk<T, kTeamVec>(a, row, e0, decltype(vec_access)::value, true, pr, im, mb, bits);
+    }
+  };
+  if (vec)
+    store(std::true_type{});
+  else
+    store(std::false_type{});
+}
+
 template <typename T, int CHUNKS>
 __global__ void __launch_bounds__(128) forward_wide_packed_kernel(ForwardArgs a) {
-  constexpr bool APPROX = sizeof(T) == 4;
-  constexpr uint32_t kMask = APPROX ? 0xfffu : std::is_same<T, __half>::value ? 0x1fffu : 0xffffu;
+  static_assert(sizeof(T) == 2, "16-bit logits: keys packed without loss");
+  constexpr uint32_t kMask = std::is_same<T, __half>::value ? 0x1fffu : 0xffffu;
+  constexpr int kKeys = CHUNKS * kTeamVec;
+  const int lane = threadIdx.x & 31;
+  const int64_t row = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  if (row >= a.T) return;  // a warp owns a row: the whole warp leaves
+  const int64_t off = row * (int64_t)a.E;
+  const bool vec = a.vec != 0;
+
+  uint32_t key[kKeys];
+  wide_row_keys<T, CHUNKS, kMask>(static_cast<const T*>(a.logits) + off, a.E, vec, lane, key);
+
+  void* out = a.indices == nullptr ? nullptr
+              : a.idx64           ? (void*)(static_cast<int64_t*>(a.indices) + row * a.K)
+                                  : (void*)(static_cast<int32_t*>(a.indices) + row * a.K);
+  uint32_t held[2] = {0u, 0u};  // lane r % 32 keeps the key of round r's winner (K <= kWideMaxK)
+  float mx = 0.0f, z = 0.0f;     // the softmax over the winners: their maximum (the first) and sum
+  const uint32_t last = warp_list_rounds<kWideList>(key, a.K, [&](int r, uint32_t m) {
+    const float v = packed_key_value<kMask>(m);
+    mx = r == 0 ? v : mx;
+    z += expf(v - mx);
+    const int slot = r % 32;
+    held[0] = lane == slot && r < 32 ? m : held[0];
+    held[1] = lane == slot && r >= 32 ? m : held[1];
+    if (out != nullptr && (slot == 31 || r == a.K - 1) && lane <= slot)
+      put_index(out, a.idx64 != 0, r - slot + lane, kMask - ((r < 32 ? held[0] : held[1]) & kMask));
+  });
+  const float inv = 1.0f / z;
+
+  wide_row_map<T, CHUNKS>(a, row, vec, lane, key, last);
+  __syncwarp();  // orders the lanes' stores above before the winners' stores below
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    if (held[h] == 0u) continue;
+    const uint32_t e = kMask - (held[h] & kMask);
+    const float w = expf(packed_key_value<kMask>(held[h]) - mx) * inv;
+    static_cast<T*>(a.probs)[off + e] = from_float<T>(w * a.scale);
+    a.intermediate[off + e] = w;
+  }
+}
+
+// f32 wide rows: keys keep their upper 20 bits, the low 12 holding (0xfff - index). The selected set
+// is then exact unless the last winner shares its upper bits with a key below it (5% of rows of
+// N(0, 4) logits at E = 2304, K = 36, 1.3% of N(0, 1) at E = 1024, K = 22, in a NumPy model of
+// this kernel's selection): such rows run clearing rounds on the full keys. Otherwise the winners
+// came in the right order except among those sharing upper bits, which came by index: each
+// winner's full key is read back (one load per winner) and its rank counted against the other
+// winners (K shuffles).
+template <int CHUNKS>
+__global__ void __launch_bounds__(128) forward_wide_f32_kernel(ForwardArgs a) {
+  constexpr uint32_t kMask = 0xfffu;
   constexpr int kKeys = CHUNKS * kTeamVec;
   const int lane = threadIdx.x & 31;
   const int64_t row = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
@@ -1196,149 +1314,91 @@ __global__ void __launch_bounds__(128) forward_wide_packed_kernel(ForwardArgs a)
   const int E = a.E;
   const int64_t off = row * (int64_t)E;
   const bool vec = a.vec != 0;
-  const T* x = static_cast<const T*>(a.logits) + off;
+  const float* x = static_cast<const float*>(a.logits) + off;
   auto elem = [&](int p) { return ((p / kTeamVec) * 32 + lane) * kTeamVec + p % kTeamVec; };
 
   uint32_t key[kKeys];
-  auto load_keys = [&](bool packed) {
-#pragma unroll
-    for (int c = 0; c < CHUNKS; ++c) {
-      float v8[kTeamVec];
-      load_chunk<T, kTeamVec>(x, elem(c * kTeamVec), E, vec, 0.0f, v8);
-#pragma unroll
-      for (int v = 0; v < kTeamVec; ++v) {
-        const int e = elem(c * kTeamVec + v);
-        const uint32_t k = order_key(v8[v]);
-        key[c * kTeamVec + v] = e >= E ? kAbsentKey : packed ? (k & ~kMask) | (kMask - (uint32_t)e) : k;
-      }
-    }
-  };
-  load_keys(true);
+  wide_row_keys<float, CHUNKS, kMask>(x, E, vec, lane, key);
+  uint32_t held[2] = {0u, 0u};  // lane r % 32 keeps the key of round r's winner (K <= kWideMaxK)
+  uint32_t last = warp_list_rounds<kWideList>(key, a.K, [&](int r, uint32_t m) {
+    held[0] = lane == r % 32 && r < 32 ? m : held[0];
+    held[1] = lane == r % 32 && r >= 32 ? m : held[1];
+  });
 
+  // this lane's winners: full key, index and rank in the output order
+  uint32_t full[2], win_index[2];
+  int rank[2];
+  bool near = false;
+#pragma unroll
+  for (int p = 0; p < kKeys; ++p) near = near || (key[p] < last && ((key[p] ^ last) & ~kMask) == 0);
+  if (!__any_sync(kFullMask, near)) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      win_index[h] = kMask - (held[h] & kMask);
+      full[h] = held[h] != 0u ? order_key(x[win_index[h]]) : kAbsentKey;
+      rank[h] = 0;
+    }
+#pragma unroll 1
+    for (int j = 0; j < a.K; ++j) {  // rank: winners before it in (key desc, index asc)
+      const uint32_t kj = __shfl_sync(kFullMask, j < 32 ? full[0] : full[1], j % 32);
+      const uint32_t ij = __shfl_sync(kFullMask, j < 32 ? win_index[0] : win_index[1], j % 32);
+#pragma unroll
+      for (int h = 0; h < 2; ++h) rank[h] += kj > full[h] || (kj == full[h] && ij < win_index[h]);
+    }
+  } else {
+    // clearing rounds on the full keys: the best key, the lowest index holding it, cleared
+    wide_row_keys<float, CHUNKS, 0u>(x, E, vec, lane, key);
+    full[0] = full[1] = kAbsentKey;
+#pragma unroll 1
+    for (int r = 0; r < a.K; ++r) {
+      uint32_t m = key[0];
+#pragma unroll
+      for (int p = 1; p < kKeys; ++p) m = max(m, key[p]);
+      m = __reduce_max_sync(kFullMask, m);
+      // the lowest position holding m (a lane's indices grow with p; positions, not indices,
+      // keep 72 index constants out of registers)
+      int first_p = kKeys;
+#pragma unroll
+      for (int p = kKeys - 1; p >= 0; --p) first_p = key[p] == m ? p : first_p;
+      const uint32_t winner = __reduce_min_sync(kFullMask, first_p < kKeys ? (uint32_t)elem(first_p) : 0xffffffffu);
+      const int winner_p = (int)(winner >> 8) * kTeamVec + (int)(winner & 7);  // its position in its lane
+      const bool owner = (int)((winner >> 3) & 31) == lane;
+#pragma unroll
+      for (int p = 0; p < kKeys; ++p) key[p] = owner && p == winner_p ? kAbsentKey : key[p];
+      const bool mine = lane == r % 32;
+      full[0] = mine && r < 32 ? m : full[0];
+      full[1] = mine && r >= 32 ? m : full[1];
+      win_index[0] = mine && r < 32 ? winner : win_index[0];
+      win_index[1] = mine && r >= 32 ? winner : win_index[1];
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) rank[h] = lane + 32 * h;
+    // "selected" as the fast path reads it: keys at or above `last`
+#pragma unroll
+    for (int p = 0; p < kKeys; ++p) key[p] = key[p] == kAbsentKey && elem(p) < E ? 1u : 0u;
+    last = 1u;
+  }
+  const float mx = key_value(__reduce_max_sync(kFullMask, max(full[0], full[1])));
+  float win_value[2], part = 0.0f;
   void* out = a.indices == nullptr ? nullptr
               : a.idx64           ? (void*)(static_cast<int64_t*>(a.indices) + row * a.K)
                                   : (void*)(static_cast<int32_t*>(a.indices) + row * a.K);
-  uint32_t held[2] = {0u, 0u};  // lane r % 32 keeps the key of round r's winner (K <= kWideMaxK)
-  float mx = 0.0f, z = 0.0f;     // the softmax over the winners: their maximum (the first) and sum
-  uint32_t last = warp_list_rounds<kWideList>(key, a.K, [&](int r, uint32_t m) {
-    const int slot = r % 32;
-    held[0] = lane == slot && r < 32 ? m : held[0];
-    held[1] = lane == slot && r >= 32 ? m : held[1];
-    if constexpr (!APPROX) {
-      const float v = packed_key_value<kMask>(m);
-      mx = r == 0 ? v : mx;
-      z += expf(v - mx);
-      if (out != nullptr && (slot == 31 || r == a.K - 1) && lane <= slot)
-        put_index(out, a.idx64 != 0, r - slot + lane, kMask - ((r < 32 ? held[0] : held[1]) & kMask));
-    }
-  });
-
-  // the winners of this lane: value, index and (APPROX) rank in the output order
-  float win_value[2];
-  uint32_t win_index[2];
-  bool win[2];
-  if constexpr (!APPROX) {
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      win[h] = held[h] != 0u;
-      win_index[h] = kMask - (held[h] & kMask);
-      win_value[h] = packed_key_value<kMask>(held[h]);
-    }
-  } else {
-    bool near = false;
-#pragma unroll
-    for (int p = 0; p < kKeys; ++p) near = near || (key[p] < last && ((key[p] ^ last) & ~kMask) == 0);
-    uint32_t full[2];  // the winners' full keys
-    int rank[2];
-    if (!__any_sync(kFullMask, near)) {
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        win[h] = held[h] != 0u;
-        win_index[h] = kMask - (held[h] & kMask);
-        full[h] = win[h] ? order_key(static_cast<float>(x[win_index[h]])) : kAbsentKey;
-        rank[h] = 0;
-      }
-#pragma unroll 1
-      for (int j = 0; j < a.K; ++j) {  // rank: winners before it in (key desc, index asc)
-        const uint32_t kj = __shfl_sync(kFullMask, j < 32 ? full[0] : full[1], j % 32);
-        const uint32_t ij = __shfl_sync(kFullMask, j < 32 ? win_index[0] : win_index[1], j % 32);
-#pragma unroll
-        for (int h = 0; h < 2; ++h) rank[h] += kj > full[h] || (kj == full[h] && ij < win_index[h]);
-      }
-    } else {
-      // clearing rounds on the full keys: the best key, the lowest index holding it, cleared
-      load_keys(false);
-      full[0] = full[1] = kAbsentKey;
-#pragma unroll 1
-      for (int r = 0; r < a.K; ++r) {
-        uint32_t m = key[0];
-#pragma unroll
-        for (int p = 1; p < kKeys; ++p) m = max(m, key[p]);
-        m = __reduce_max_sync(kFullMask, m);
-        // the lowest position holding m (a lane's indices grow with p; positions, not indices,
-        // keep 72 index constants out of registers)
-        int first_p = kKeys;
-#pragma unroll
-        for (int p = kKeys - 1; p >= 0; --p) first_p = key[p] == m ? p : first_p;
-        const uint32_t winner = __reduce_min_sync(kFullMask, first_p < kKeys ? (uint32_t)elem(first_p) : 0xffffffffu);
-        const int winner_p = (int)(winner >> 8) * kTeamVec + (int)(winner & 7);  // its position in its lane
-        const bool owner = (int)((winner >> 3) & 31) == lane;
-#pragma unroll
-        for (int p = 0; p < kKeys; ++p) key[p] = owner && p == winner_p ? kAbsentKey : key[p];
-        const bool mine = lane == r % 32;
-        full[0] = mine && r < 32 ? m : full[0];
-        full[1] = mine && r >= 32 ? m : full[1];
-        win_index[0] = mine && r < 32 ? winner : win_index[0];
-        win_index[1] = mine && r >= 32 ? winner : win_index[1];
-      }
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        win[h] = full[h] != kAbsentKey;
-        rank[h] = lane + 32 * h;
-      }
-      // "selected" as the fast path reads it: keys at or above `last`
-#pragma unroll
-      for (int p = 0; p < kKeys; ++p) key[p] = key[p] == kAbsentKey && elem(p) < E ? 1u : 0u;
-      last = 1u;
-    }
-    mx = key_value(__reduce_max_sync(kFullMask, max(full[0], full[1])));
-    float part = 0.0f;
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      win_value[h] = key_value(full[h]);
-      part += win[h] ? expf(win_value[h] - mx) : 0.0f;
-      if (win[h] && out != nullptr) put_index(out, a.idx64 != 0, rank[h], win_index[h]);
-    }
-    z = warp_sum(part);
+  for (int h = 0; h < 2; ++h) {
+    win_value[h] = key_value(full[h]);
+    if (full[h] == kAbsentKey) continue;
+    part += expf(win_value[h] - mx);
+    if (out != nullptr) put_index(out, a.idx64 != 0, rank[h], win_index[h]);
   }
-  const float inv = 1.0f / z;
+  const float inv = 1.0f / warp_sum(part);
 
-  // Outputs: the map, and 0 / -inf everywhere in probs / intermediate; then the lanes holding the
-  // winners write their weights over those. One exp per winner, where a weight per element
-  // computed and selected would cost ~12 instructions for each of the row's E elements.
-#pragma unroll
-  for (int c = 0; c < CHUNKS; ++c) {
-    const int e0 = elem(c * kTeamVec);
-    if (e0 >= E) continue;
-    float pr[kTeamVec], im[kTeamVec];
-    uint8_t mb[kTeamVec];
-    uint32_t bits = 0;
-#pragma unroll
-    for (int v = 0; v < kTeamVec; ++v) {
-      const bool on = key[c * kTeamVec + v] >= last;  // padding keys are 0, below every real key
-      pr[v] = 0.0f;
-      im[v] = -INFINITY;
-      mb[v] = on;
-      bits |= (uint32_t)on << v;
-    }
-    store_forward_chunk<T, kTeamVec>(a, row, e0, vec, true, pr, im, mb, bits);
-  }
+  wide_row_map<float, CHUNKS>(a, row, vec, lane, key, last);
   __syncwarp();  // orders the lanes' stores above before the winners' stores below
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
-    if (!win[h]) continue;
+    if (full[h] == kAbsentKey) continue;
     const float w = expf(win_value[h] - mx) * inv;
-    static_cast<T*>(a.probs)[off + win_index[h]] = from_float<T>(w * a.scale);
+    static_cast<float*>(a.probs)[off + win_index[h]] = w * a.scale;
     a.intermediate[off + win_index[h]] = w;
   }
 }

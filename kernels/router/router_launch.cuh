@@ -115,18 +115,25 @@ cudaError_t launch_team(const ForwardArgs& a, const LaunchShape& s, cudaStream_t
   else return launch_team<T, kSoftmaxPost>(a, s, stream);
 }
 
+// 16-bit logits pack their keys without loss, f32 with a check (router_kernels.cuh)
+template <typename T, int CHUNKS>
+constexpr auto wide_kernel() {
+  if constexpr (sizeof(T) == 4) return &forward_wide_f32_kernel<CHUNKS>;
+  else return &forward_wide_packed_kernel<T, CHUNKS>;
+}
+
 template <typename T>
 cudaError_t launch_wide(const ForwardArgs& a, const LaunchShape& s, cudaStream_t stream) {
   static_assert(kWideMinChunks == 3 && kWideMaxChunks == 10, "the cases below");
   switch (s.wide_chunks) {
-    case 3: return launch_one(&forward_wide_packed_kernel<T, 3>, a, s, stream);
-    case 4: return launch_one(&forward_wide_packed_kernel<T, 4>, a, s, stream);
-    case 5: return launch_one(&forward_wide_packed_kernel<T, 5>, a, s, stream);
-    case 6: return launch_one(&forward_wide_packed_kernel<T, 6>, a, s, stream);
-    case 7: return launch_one(&forward_wide_packed_kernel<T, 7>, a, s, stream);
-    case 8: return launch_one(&forward_wide_packed_kernel<T, 8>, a, s, stream);
-    case 9: return launch_one(&forward_wide_packed_kernel<T, 9>, a, s, stream);
-    case 10: return launch_one(&forward_wide_packed_kernel<T, 10>, a, s, stream);
+    case 3: return launch_one(wide_kernel<T, 3>(), a, s, stream);
+    case 4: return launch_one(wide_kernel<T, 4>(), a, s, stream);
+    case 5: return launch_one(wide_kernel<T, 5>(), a, s, stream);
+    case 6: return launch_one(wide_kernel<T, 6>(), a, s, stream);
+    case 7: return launch_one(wide_kernel<T, 7>(), a, s, stream);
+    case 8: return launch_one(wide_kernel<T, 8>(), a, s, stream);
+    case 9: return launch_one(wide_kernel<T, 9>(), a, s, stream);
+    case 10: return launch_one(wide_kernel<T, 10>(), a, s, stream);
   }
   return cudaErrorInvalidConfiguration;
 }
