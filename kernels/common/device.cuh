@@ -74,18 +74,26 @@ struct Chunk {
   static_assert(VEC % kPer == 0, "chunk must be whole pieces");
 };
 
+// load_chunk's vector path alone: the caller has checked that [i, i + VEC) is in range and that
+// the row allows vector access. Two of these under one branch issue both loads before either
+// value is used (each load_chunk's own branch kept the first conversion ahead of the second load).
+template <typename T, int VEC>
+__device__ __forceinline__ void load_chunk_vec(const T* __restrict__ p, int64_t i, float (&out)[VEC]) {
+  using C = Chunk<T, VEC>;
+#pragma unroll
+  for (int k = 0; k < VEC / C::kPer; ++k) {
+    typename C::Piece raw = *reinterpret_cast<const typename C::Piece*>(p + i + k * C::kPer);
+    const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+    for (int v = 0; v < C::kPer; ++v) out[k * C::kPer + v] = to_float(e[v]);
+  }
+}
+
 template <typename T, int VEC>
 __device__ __forceinline__ void load_chunk(const T* __restrict__ p, int64_t i, int64_t n, bool vec, float fill,
                                            float (&out)[VEC]) {
-  using C = Chunk<T, VEC>;
   if (vec && i + VEC <= n) {
-#pragma unroll
-    for (int k = 0; k < VEC / C::kPer; ++k) {
-      typename C::Piece raw = *reinterpret_cast<const typename C::Piece*>(p + i + k * C::kPer);
-      const T* e = reinterpret_cast<const T*>(&raw);
-#pragma unroll
-      for (int v = 0; v < C::kPer; ++v) out[k * C::kPer + v] = to_float(e[v]);
-    }
+    load_chunk_vec<T, VEC>(p, i, out);
   } else {
 #pragma unroll
     for (int v = 0; v < VEC; ++v) out[v] = (i + v < n) ? to_float(p[i + v]) : fill;

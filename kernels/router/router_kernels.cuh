@@ -776,9 +776,12 @@ __device__ __forceinline__ void backward_row(const BackwardArgs& a, Team& team, 
     for (int v = 0; v < VEC; ++v) chunk_bits |= (uint32_t)(mb[v] != 0 && e0 + v < E) << v;
     m |= (uint64_t)chunk_bits << (c * VEC);
     float tg[VEC], ty[VEC];
-    if (dense || chunk_bits != 0) {
-      load_chunk<T, VEC>(static_cast<const T*>(a.grad) + off, e0, E, vec, 0.0f, tg);
-      load_chunk<float, VEC>(a.intermediate + off, e0, E, vec, 0.0f, ty);
+    if ((dense || chunk_bits != 0) && vec && e0 + VEC <= E) {  // both loads in flight at once
+      load_chunk_vec<T, VEC>(static_cast<const T*>(a.grad) + off, e0, tg);
+      load_chunk_vec<float, VEC>(a.intermediate + off, e0, ty);
+    } else if (dense || chunk_bits != 0) {
+      load_chunk<T, VEC>(static_cast<const T*>(a.grad) + off, e0, E, false, 0.0f, tg);
+      load_chunk<float, VEC>(a.intermediate + off, e0, E, false, 0.0f, ty);
     } else {
 #pragma unroll
       for (int v = 0; v < VEC; ++v) tg[v] = ty[v] = 0.0f;
