@@ -42,27 +42,26 @@ CASES = [  # (T, E, K, score, pre, groups, bias, map_format, dtype[, "grid"])
 def main():
     failures = 0
     for T, E, K, score, pre, (G, Kg), bias, fmt, dt, *extra in CASES:
-        if True:
-            x = (torch.randn(T, E, device="cuda") * 2).to(dt)
-            if "grid" in extra:
-                x = torch.round(x * 2) / 2  # many exact ties
-            b = torch.randn(E, device="cuda") if bias else None
-            probs, sel, inter = moekit.router_topk_forward(
-                x, K, score_function=score, use_pre_softmax=pre, num_groups=G, group_topk=Kg,
-                expert_bias=b, map_format=fmt, index_dtype="int64" if fmt == "indices" else "int32")
-            g = torch.randn(T, E, device="cuda").to(dt)
-            dx = moekit.router_topk_backward(g, inter, sel, K, score_function=score, use_pre_softmax=pre,
-                                             map_format=fmt)
-            torch.cuda.synchronize()
-            rp, rsel, _ = reference.router_topk_forward(
-                x.float().cpu().numpy(), K, score_function=score, use_pre_softmax=pre, num_groups=G,
-                group_topk=Kg, expert_bias=None if b is None else b.cpu().numpy(), map_format=fmt)
-            same = np.array_equal(sel.cpu().numpy(), rsel) if fmt != "bytemap" else np.array_equal(
-                sel.cpu().numpy().astype(bool), rsel)
-            ok = same and torch.isfinite(dx.float()).all().item()
-            print(f"T={T} E={E} K={K} {score}{'-pre' if pre else ''} G={G}/{Kg} bias={bias} {fmt} {dt}: "
-                  f"{'ok' if ok else 'MISMATCH'}")
-            failures += not ok
+        x = (torch.randn(T, E, device="cuda") * 2).to(dt)
+        if "grid" in extra:
+            x = torch.round(x * 2) / 2  # many exact ties
+        b = torch.randn(E, device="cuda") if bias else None
+        probs, sel, inter = moekit.router_topk_forward(
+            x, K, score_function=score, use_pre_softmax=pre, num_groups=G, group_topk=Kg,
+            expert_bias=b, map_format=fmt, index_dtype="int64" if fmt == "indices" else "int32")
+        g = torch.randn(T, E, device="cuda").to(dt)
+        dx = moekit.router_topk_backward(g, inter, sel, K, score_function=score, use_pre_softmax=pre,
+                                         map_format=fmt)
+        torch.cuda.synchronize()
+        rp, rsel, _ = reference.router_topk_forward(
+            x.float().cpu().numpy(), K, score_function=score, use_pre_softmax=pre, num_groups=G,
+            group_topk=Kg, expert_bias=None if b is None else b.cpu().numpy(), map_format=fmt)
+        same = np.array_equal(sel.cpu().numpy(), rsel) if fmt != "bytemap" else np.array_equal(
+            sel.cpu().numpy().astype(bool), rsel)
+        ok = same and torch.isfinite(dx.float()).all().item()
+        print(f"T={T} E={E} K={K} {score}{'-pre' if pre else ''} G={G}/{Kg} bias={bias} {fmt} {dt}: "
+              f"{'ok' if ok else 'MISMATCH'}")
+        failures += not ok
     sys.exit(1 if failures else 0)
 
 
