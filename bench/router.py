@@ -398,6 +398,7 @@ def summarize(rec, ceiling_gbs):
     peers = {k: v for k, v in peers.items() if v is not None}
     rec["moekit_gbs"] = rec["bytes"] / (mk * 1e3) if mk else None
     rec["pct_of_copy"] = 100.0 * rec["moekit_gbs"] / ceiling_gbs if mk else None
+    rec["floor_us_at_copy"] = rec["bytes"] / (ceiling_gbs * 1e3) if ceiling_gbs else None
     if peers:
         best = min(peers, key=peers.get)
         rec["best_peer"] = best

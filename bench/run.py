@@ -63,7 +63,7 @@ def combined_rows(payloads):
                          f"{best} {C.fmt_num(best_us)}" if best else "n/a",
                          C.fmt_num(r.get("moekit_gbs"), 0), C.fmt_num(r.get("pct_of_copy")),
                          "n/a" if speed is None else f"{speed:.2f}x",
-                         C.fmt_num(r.get("floor_us_at_3TBs")),
+                         C.fmt_num(r.get("floor_us_at_copy")),
                          "-" if chk is None else ("ok" if chk.get("ok") else "WARN")])
     return rows
 
@@ -95,7 +95,7 @@ def main(argv=None):
         info, ceil = data.get("info", {}), data.get("copy_ceiling", {})
         print(f"{fam}: {info.get('device', '?')}, copy ceiling {C.fmt_num(ceil.get('gbs'), 0)} GB/s")
     headers = ["family", "case", "score", "pass", "moekit us", "best peer us", "moekit GB/s",
-               "% copy", "vs best", "floor us @3TB/s", "check"]
+               "% copy", "vs best", "floor us @copy", "check"]
     print(C.format_table(headers, combined_rows(payloads)))
     return 0 if all(v == 0 for v in status.values()) and payloads else 1
 

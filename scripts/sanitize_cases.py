@@ -36,7 +36,20 @@ CASES = [  # (T, E, K, score, pre, groups, bias, map_format, dtype[, "grid"])
     # f32 wide rows: packed with a check (random logits), and the exact fallback (ties on a grid)
     (6, 2304, 36, "softmax", False, (0, 0), False, "indices", torch.float32),
     (5, 1001, 9, "softmax", False, (0, 0), False, "bitmap", torch.float32, "grid"),
+    # backward bytemap rows with several chunks per lane (backward_bytemap_loads)
+    (7, 512, 22, "softmax", False, (0, 0), False, "bytemap", torch.float32),
+    (9, 256, 8, "sigmoid", False, (8, 4), True, "bytemap", torch.float32),
+    (6, 512, 8, "softmax", True, (0, 0), False, "bytemap", torch.bfloat16),
 ]
+
+
+def rel_err(got, ref):
+    """||got - ref|| / ||ref|| over finite reference entries (NaN where got is NaN there)."""
+    got = got.double().cpu().numpy()
+    fin = np.isfinite(ref)
+    if not np.array_equal(np.isfinite(got), fin):
+        return float("inf")
+    return float(np.linalg.norm(got[fin] - ref[fin]) / max(np.linalg.norm(ref[fin]), 1e-30))
 
 
 def main():
@@ -58,9 +71,14 @@ def main():
             group_topk=Kg, expert_bias=None if b is None else b.cpu().numpy(), map_format=fmt)
         same = np.array_equal(sel.cpu().numpy(), rsel) if fmt != "bytemap" else np.array_equal(
             sel.cpu().numpy().astype(bool), rsel)
-        ok = same and torch.isfinite(dx.float()).all().item()
+        rdx = reference.router_topk_backward(
+            g.float().cpu().numpy(), inter.cpu().numpy(), sel.cpu().numpy(), K, score_function=score,
+            use_pre_softmax=pre, map_format=fmt)
+        tol = 1e-5 if dt == torch.float32 else 1e-2
+        ep, edx = rel_err(probs, rp), rel_err(dx, rdx)
+        ok = same and ep <= tol and edx <= tol
         print(f"T={T} E={E} K={K} {score}{'-pre' if pre else ''} G={G}/{Kg} bias={bias} {fmt} {dt}: "
-              f"{'ok' if ok else 'MISMATCH'}")
+              f"{'ok' if ok else 'MISMATCH'} (probs {ep:.1e}, grad {edx:.1e})")
         failures += not ok
     sys.exit(1 if failures else 0)
 

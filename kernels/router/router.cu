@@ -84,12 +84,25 @@ int team_any_score() {
   static const int v = env_int("MOEKIT_ROUTER_TEAM_ANY_SCORE", 1);
   return v;
 }
+// Chunks of 8 keys per lane of a team row: 2 (16 keys), or 1 (8 keys on twice the lanes: more warps,
+// half the serial work per lane, 44 registers against 68 for sigmoid bf16). One chunk pays where two
+// would leave the GPU short of warps: e256k8g8 forward on the H200 (132 SMs), one chunk against two:
+// T = 2048 0.72-0.75x, 8192 0.89-0.91x, 16384 0.96-0.98x, 24576 1.00-1.01x, 32768 1.01-1.02x,
+// 65536 1.04-1.05x; e128k8 lost at T = 8192 (1.01-1.07x) and 65536 (bench/NOTES.md v6).
+// MOEKIT_ROUTER_TEAM_CHUNKS=1 or 2 forces one at 32 < E <= 256 (2 elsewhere).
+int team_chunks(int E, int64_t T) {
+  static const int forced = env_int("MOEKIT_ROUTER_TEAM_CHUNKS", -1);
+  if (E <= 32 || E > 32 * kTeamVec) return 2;
+  if (forced == 1 || forced == 2) return forced;
+  return E > 128 && T <= 16384 ? 1 : 2;
+}
 // Lanes per row of a team row for this call, or 0 where team rows do not apply. Groups must be
 // whole 8-element chunks of a power-of-2 number of lanes within the team, with K / Kg <= 2.
 int choose_team_lanes(const ForwardArgs& a) {
   if (a.E > kTeamMaxExperts || a.K > team_max_k(a.E, a.packed != 0)) return 0;
   if (a.mode != kSoftmaxPost && !team_any_score()) return 0;
-  const int lanes = next_pow2((a.E + kTeamKeys - 1) / kTeamKeys);
+  const int keys = team_chunks(a.E, a.T) * kTeamVec;
+  const int lanes = next_pow2((a.E + keys - 1) / keys);
   if (a.G > 0) {
     const int gsize = a.E / a.G, lanes_per_group = gsize / kTeamVec;
     if (gsize % kTeamVec != 0 || a.K / a.Kg > 2 || lanes_per_group > lanes ||
@@ -141,7 +154,8 @@ LaunchShape choose_shape(int64_t T, int E, int smem_words_per_team, int pipeline
   } else if (team_lanes > 0) {
     const int rows_per_block = kWarpsPerBlock * (32 / team_lanes);
     s.team_lanes = team_lanes;
-    s.vpt = kTeamKeys;
+    s.team_chunks = team_chunks(E, T);
+    s.vpt = s.team_chunks * kTeamVec;
     s.threads = 32 * kWarpsPerBlock;
     s.blocks = (T + rows_per_block - 1) / rows_per_block;
   } else if (E <= warp_max_experts()) {

@@ -729,6 +729,61 @@ __device__ __forceinline__ void forward_row(const ForwardArgs& a, Team& team, in
   }
 }
 
+// The VEC elements at p as raw pieces (Chunk) when `want`, zero bits otherwise: a predicated load
+// that nothing waits on until the pieces are converted.
+template <typename T, int VEC>
+__device__ __forceinline__ void load_pieces_if(bool want, const T* __restrict__ p,
+                                               typename Chunk<T, VEC>::Piece (&out)[VEC / Chunk<T, VEC>::kPer]) {
+  using C = Chunk<T, VEC>;
+#pragma unroll
+  for (int k = 0; k < VEC / C::kPer; ++k)
+    out[k] = want ? *reinterpret_cast<const typename C::Piece*>(p + k * C::kPer) : typename C::Piece{};
+}
+
+// Bytemap rows with vector access and several chunks per lane: every chunk's map bytes first, then
+// the grad and intermediate loads of every chunk that needs them, back to back as predicated loads,
+// converted after. A row then waits for two memory latencies, not two per chunk (written per chunk,
+// nvcc kept each chunk's map -> grad chain in order; bench/NOTES.md v6). `vec`: E % VEC == 0, so a
+// chunk is whole or past the end. Returns the selection bits; g is grad * scale, y the intermediate
+// (0 where unread).
+template <typename T, int VEC, int NC, class Team>
+__device__ __forceinline__ uint64_t backward_bytemap_loads(const BackwardArgs& a, const Team& team, int64_t off,
+                                                           bool dense, float (&g)[VEC * NC], float (&y)[VEC * NC]) {
+  const int E = a.E;
+  typename Chunk<uint8_t, VEC>::Piece map[NC][VEC / Chunk<uint8_t, VEC>::kPer];
+#pragma unroll
+  for (int c = 0; c < NC; ++c) {
+    const int e0 = elem_index<VEC>(team, c, 0);
+    load_pieces_if<uint8_t, VEC>(e0 < E, a.map + off + e0, map[c]);
+  }
+  uint64_t m = 0;
+  typename Chunk<T, VEC>::Piece graw[NC][VEC / Chunk<T, VEC>::kPer];
+  typename Chunk<float, VEC>::Piece yraw[NC][VEC / Chunk<float, VEC>::kPer];
+#pragma unroll
+  for (int c = 0; c < NC; ++c) {
+    const int e0 = elem_index<VEC>(team, c, 0);
+    const uint8_t* b = reinterpret_cast<const uint8_t*>(map[c]);
+    uint32_t bits = 0;
+#pragma unroll
+    for (int v = 0; v < VEC; ++v) bits |= (uint32_t)(b[v] != 0) << v;
+    m |= (uint64_t)bits << (c * VEC);
+    const bool want = e0 < E && (dense || bits != 0);
+    load_pieces_if<T, VEC>(want, static_cast<const T*>(a.grad) + off + e0, graw[c]);
+    load_pieces_if<float, VEC>(want, a.intermediate + off + e0, yraw[c]);
+  }
+#pragma unroll
+  for (int c = 0; c < NC; ++c) {
+    const T* ge = reinterpret_cast<const T*>(graw[c]);
+    const float* ye = reinterpret_cast<const float*>(yraw[c]);
+#pragma unroll
+    for (int v = 0; v < VEC; ++v) {
+      g[c * VEC + v] = to_float(ge[v]) * a.scale;  // zero bits are 0.0 in every dtype
+      y[c * VEC + v] = ye[v];
+    }
+  }
+  return m;
+}
+
 template <typename T, int VEC, int NC, class Team>
 __device__ __forceinline__ void backward_row(const BackwardArgs& a, Team& team, int64_t row, uint32_t* smem) {
   constexpr int VPT = VEC * NC;
@@ -756,40 +811,44 @@ __device__ __forceinline__ void backward_row(const BackwardArgs& a, Team& team, 
   const bool dense = a.mode == kSoftmaxPre;
   float g[VPT], y[VPT];
   uint64_t m = 0;
+  if (NC > 1 && a.map_kind == kMapBytes && vec) {
+    m = backward_bytemap_loads<T, VEC, NC>(a, team, off, dense, g, y);
+  } else {
 #pragma unroll
-  for (int c = 0; c < NC; ++c) {
-    const int e0 = elem_index<VEC>(team, c, 0);
-    uint8_t mb[VEC];
-    if (a.map_kind == kMapBytes) {
-      load_bytes<VEC>(a.map + off, e0, E, vec, mb);
-    } else if (a.map_kind == kMapBits) {
-      // VEC divides 8 and e0 is a multiple of VEC, so the chunk's bits sit in one byte
-      const uint8_t byte = e0 < E ? a.map[row * (int64_t)((E + 7) / 8) + (e0 >> 3)] : 0;
+    for (int c = 0; c < NC; ++c) {
+      const int e0 = elem_index<VEC>(team, c, 0);
+      uint8_t mb[VEC];
+      if (a.map_kind == kMapBytes) {
+        load_bytes<VEC>(a.map + off, e0, E, vec, mb);
+      } else if (a.map_kind == kMapBits) {
+        // VEC divides 8 and e0 is a multiple of VEC, so the chunk's bits sit in one byte
+        const uint8_t byte = e0 < E ? a.map[row * (int64_t)((E + 7) / 8) + (e0 >> 3)] : 0;
 #pragma unroll
-      for (int v = 0; v < VEC; ++v) mb[v] = (byte >> ((e0 + v) & 7)) & 1;
-    } else {
+        for (int v = 0; v < VEC; ++v) mb[v] = (byte >> ((e0 + v) & 7)) & 1;
+      } else {
 #pragma unroll
-      for (int v = 0; v < VEC; ++v) mb[v] = (e0 + v < E) ? mask_bytes[e0 + v] : 0;
-    }
-    uint32_t chunk_bits = 0;
+        for (int v = 0; v < VEC; ++v) mb[v] = (e0 + v < E) ? mask_bytes[e0 + v] : 0;
+      }
+      uint32_t chunk_bits = 0;
 #pragma unroll
-    for (int v = 0; v < VEC; ++v) chunk_bits |= (uint32_t)(mb[v] != 0 && e0 + v < E) << v;
-    m |= (uint64_t)chunk_bits << (c * VEC);
-    float tg[VEC], ty[VEC];
-    if ((dense || chunk_bits != 0) && vec && e0 + VEC <= E) {  // both loads in flight at once
-      load_chunk_vec<T, VEC>(static_cast<const T*>(a.grad) + off, e0, tg);
-      load_chunk_vec<float, VEC>(a.intermediate + off, e0, ty);
-    } else if (dense || chunk_bits != 0) {
-      load_chunk<T, VEC>(static_cast<const T*>(a.grad) + off, e0, E, false, 0.0f, tg);
-      load_chunk<float, VEC>(a.intermediate + off, e0, E, false, 0.0f, ty);
-    } else {
+      for (int v = 0; v < VEC; ++v) chunk_bits |= (uint32_t)(mb[v] != 0 && e0 + v < E) << v;
+      m |= (uint64_t)chunk_bits << (c * VEC);
+      float tg[VEC], ty[VEC];
+      if ((dense || chunk_bits != 0) && vec && e0 + VEC <= E) {  // both loads in flight at once
+        load_chunk_vec<T, VEC>(static_cast<const T*>(a.grad) + off, e0, tg);
+        load_chunk_vec<float, VEC>(a.intermediate + off, e0, ty);
+      } else if (dense || chunk_bits != 0) {
+        load_chunk<T, VEC>(static_cast<const T*>(a.grad) + off, e0, E, false, 0.0f, tg);
+        load_chunk<float, VEC>(a.intermediate + off, e0, E, false, 0.0f, ty);
+      } else {
 #pragma unroll
-      for (int v = 0; v < VEC; ++v) tg[v] = ty[v] = 0.0f;
-    }
+        for (int v = 0; v < VEC; ++v) tg[v] = ty[v] = 0.0f;
+      }
 #pragma unroll
-    for (int v = 0; v < VEC; ++v) {
-      g[c * VEC + v] = tg[v] * a.scale;
-      y[c * VEC + v] = ty[v];
+      for (int v = 0; v < VEC; ++v) {
+        g[c * VEC + v] = tg[v] * a.scale;
+        y[c * VEC + v] = ty[v];
+      }
     }
   }
   if (a.map_kind == kMapNone) team.sync();  // mask_bytes is rewritten by the next row
@@ -851,20 +910,21 @@ __device__ __forceinline__ void backward_row(const BackwardArgs& a, Team& team, 
 }
 
 // ---- team rows (E <= 512) ---------------------------------------------------------------------
-// A team of LANES lanes (E / 16 rounded up to a power of 2) owns a row, 32 / LANES rows per warp,
-// 16 elements per lane in two chunks of 8: chunk c of rank t covers [(c * LANES + t) * 8, + 8).
-// A lane keeps only the raw values (8 registers for 16-bit logits, 16 for f32) and the selection
-// keys (16): scores are recomputed from the raw values where needed, so a warp runs several rows'
-// rounds in one instruction stream with few registers. The whole-warp row (forward_row) runs ~600
-// instructions per row at E = 128, K = 8; these rows ~240 with packed keys (bench/NOTES.md v3).
+// A team of LANES lanes owns a row, 32 / LANES rows per warp, CHUNKS chunks of 8 elements per lane:
+// chunk c of rank t covers [(c * LANES + t) * 8, + 8). Two chunks (16 keys per lane) halve the lanes
+// a row needs; one chunk (8 keys, twice the lanes) halves the serial work per lane and the registers,
+// so more warps hide the latency (router.cu, team_chunks). A lane keeps only the raw values and
+// the selection keys: scores are recomputed from the raw values where needed, so a warp runs several
+// rows' rounds in one instruction stream with few registers. The whole-warp row (forward_row) runs
+// ~600 instructions per row at E = 128, K = 8; these rows ~240 with packed keys (bench/NOTES.md v3).
 // Rounds run on index-packed keys, which are unique: a round finds the largest key below the last
 // winner, and "selected" = "at or above the K-th winner" (step 4 in the kernel: f32 keys are
 // packed with a check and an exact fallback). Round r's index is kept by rank r mod LANES and stored LANES at
 // a time. Groups are supported when a group is whole chunks of a power-of-2 number of lanes and
 // K / Kg <= 2 (router.cu, choose_team_lanes).
-constexpr int kTeamChunks = 2, kTeamVec = 8, kTeamKeys = kTeamChunks * kTeamVec;
+constexpr int kTeamMaxChunks = 2, kTeamVec = 8;
 constexpr int kTeamList = 3;  // warp_list_rounds on whole-warp rows: K / 32 winners per lane
-constexpr int kTeamMaxExperts = 32 * kTeamKeys;
+constexpr int kTeamMaxExperts = 32 * kTeamMaxChunks * kTeamVec;
 
 // The value of a packed key, its index bits dropped (kMask: the packed bits).
 template <uint32_t kMask>
@@ -876,7 +936,7 @@ __device__ __forceinline__ float packed_key_value(uint32_t k) {
 
 // One kernel per score mode (KIND: a ScoreMode, or kTeamSoftmaxPostPacked). Softmax-post keeps the
 // raw values and reads its scores off them; the other modes compute each score once and keep it
-// (16 registers), in place of the raw values.
+// (one register per key), in place of the raw values.
 constexpr int kTeamSoftmaxPostPacked = 4;
 
 // Expert bias of chunk [e0, e0 + VEC) as float (0 past E or without a bias).
@@ -892,13 +952,14 @@ __device__ __forceinline__ void load_bias_chunk(const ForwardArgs& a, int e0, fl
   }
 }
 
-template <typename T, int LANES, int KIND>
+template <typename T, int LANES, int KIND, int CHUNKS>
 __global__ void __launch_bounds__(128) forward_team_kernel(ForwardArgs a) {
   constexpr bool PACKED = KIND == kTeamSoftmaxPostPacked;
   static_assert(!PACKED || sizeof(T) == 2, "packed keys need 16-bit logits");
   constexpr int mode = PACKED ? kSoftmaxPost : KIND;
   constexpr bool kPost = mode == kSoftmaxPost;
   using Team = LaneTeam<LANES>;
+  constexpr int kKeys = CHUNKS * kTeamVec;  // keys per lane
   constexpr uint32_t kMask = !PACKED ? 0u : std::is_same<T, __half>::value ? 0x1fffu : 0xffffu;  // free key bits
   constexpr int kPerWord = 4 / (int)sizeof(T) > 0 ? 4 / (int)sizeof(T) : 1;  // raw values per register
   constexpr int kChunkWords = kTeamVec / kPerWord;
@@ -911,10 +972,10 @@ __global__ void __launch_bounds__(128) forward_team_kernel(ForwardArgs a) {
   auto elem = [&](int p) { return ((p / kTeamVec) * LANES + t) * kTeamVec + p % kTeamVec; };
 
   // ---- 1. load the raw values; padding reads as 0 (its key is absent)
-  uint32_t raw[kTeamChunks * kChunkWords];
+  uint32_t raw[CHUNKS * kChunkWords];
   const T* x = static_cast<const T*>(a.logits) + off;
 #pragma unroll
-  for (int c = 0; c < kTeamChunks; ++c) {
+  for (int c = 0; c < CHUNKS; ++c) {
     const int e0 = (c * LANES + t) * kTeamVec;
     if (vec) {
 #pragma unroll
@@ -942,24 +1003,24 @@ __global__ void __launch_bounds__(128) forward_team_kernel(ForwardArgs a) {
   };
 
   // ---- 2. scores, intermediate, keys
-  float kept[kPost ? 1 : kTeamKeys];  // p (softmax-pre), y (sigmoid), v (sqrtsoftplus)
+  float kept[kPost ? 1 : kKeys];  // p (softmax-pre), y (sigmoid), v (sqrtsoftplus)
   if constexpr (mode == kSoftmaxPre) {
     float m = -INFINITY;
 #pragma unroll
-    for (int p = 0; p < kTeamKeys; ++p) m = elem(p) < E ? fmaxf(m, value(p)) : m;
+    for (int p = 0; p < kKeys; ++p) m = elem(p) < E ? fmaxf(m, value(p)) : m;
     m = Team::maxf(m);
     float z = 0.0f;
 #pragma unroll
-    for (int p = 0; p < kTeamKeys; ++p) {
+    for (int p = 0; p < kKeys; ++p) {
       kept[p] = elem(p) < E ? expf(value(p) - m) : 0.0f;
       z += kept[p];
     }
     const float inv = 1.0f / Team::sum(z);
 #pragma unroll
-    for (int p = 0; p < kTeamKeys; ++p) kept[p] *= inv;
+    for (int p = 0; p < kKeys; ++p) kept[p] *= inv;
   } else if constexpr (!kPost) {
 #pragma unroll
-    for (int p = 0; p < kTeamKeys; ++p) kept[p] = mode == kSigmoid ? sigmoidf(value(p)) : sqrtf(softplusf(value(p)));
+    for (int p = 0; p < kKeys; ++p) kept[p] = mode == kSigmoid ? sigmoidf(value(p)) : sqrtf(softplusf(value(p)));
   }
   auto score = [&](int p) {
     if constexpr (kPost) return value(p);
@@ -967,7 +1028,7 @@ __global__ void __launch_bounds__(128) forward_team_kernel(ForwardArgs a) {
   };
   if (!kPost && live) {  // intermediate that does not depend on the selection
 #pragma unroll
-    for (int c = 0; c < kTeamChunks; ++c) {
+    for (int c = 0; c < CHUNKS; ++c) {
       const int e0 = (c * LANES + t) * kTeamVec;
       float im[kTeamVec];
 #pragma unroll
@@ -976,11 +1037,11 @@ __global__ void __launch_bounds__(128) forward_team_kernel(ForwardArgs a) {
     }
   }
   // Keys in the SPEC order: the score (+ bias); with groups, -inf outside the chosen groups.
-  uint32_t key[kTeamKeys];
+  uint32_t key[kKeys];
   uint32_t chosen = ~0u;  // bit c: chunk c's group is kept
   auto full_keys = [&]() {
 #pragma unroll
-    for (int c = 0; c < kTeamChunks; ++c) {
+    for (int c = 0; c < CHUNKS; ++c) {
       float b[kTeamVec];  // the bias moves selection only (softmax rows have none: the host checks)
       if (!kPost) load_bias_chunk<kTeamVec>(a, (c * LANES + t) * kTeamVec, b);
 #pragma unroll
@@ -992,7 +1053,7 @@ __global__ void __launch_bounds__(128) forward_team_kernel(ForwardArgs a) {
   };
   auto mask_groups = [&]() {  // keys outside the chosen groups become -inf (padding stays absent)
 #pragma unroll
-    for (int p = 0; p < kTeamKeys; ++p)
+    for (int p = 0; p < kKeys; ++p)
       key[p] = (chosen >> (p / kTeamVec)) & 1 || key[p] == kAbsentKey ? key[p] : kNegInfKey;
   };
   full_keys();
@@ -1001,9 +1062,9 @@ __global__ void __launch_bounds__(128) forward_team_kernel(ForwardArgs a) {
   if (a.G > 0) {
     // lanes per group: a power of 2 (router.cu, choose_team_lanes)
     const int lanes_per_group = a.group_size / kTeamVec, group_shift = __ffs(lanes_per_group) - 1;
-    uint32_t gkey[kTeamChunks], group[kTeamChunks];  // chunk c's group key and group index
+    uint32_t gkey[CHUNKS], group[CHUNKS];  // chunk c's group key and group index
 #pragma unroll
-    for (int c = 0; c < kTeamChunks; ++c) {
+    for (int c = 0; c < CHUNKS; ++c) {
       const uint32_t k = chunk_group_key<kTeamVec>(key + c * kTeamVec, lanes_per_group, a.per_group);
       gkey[c] = (c * LANES + t) * kTeamVec < E ? k : kAbsentKey;
       group[c] = (uint32_t)(c * LANES + t) >> group_shift;
@@ -1013,14 +1074,14 @@ __global__ void __launch_bounds__(128) forward_team_kernel(ForwardArgs a) {
     for (int r = 0; r < a.Kg; ++r) {
       uint32_t m = kAbsentKey;
 #pragma unroll
-      for (int c = 0; c < kTeamChunks; ++c) m = (chosen >> c) & 1 ? m : max(m, gkey[c]);
+      for (int c = 0; c < CHUNKS; ++c) m = (chosen >> c) & 1 ? m : max(m, gkey[c]);
       m = Team::max(m);
       uint32_t g = 0xffffffffu;  // lowest group index holding the maximum
 #pragma unroll
-      for (int c = kTeamChunks - 1; c >= 0; --c) g = !((chosen >> c) & 1) && gkey[c] == m ? group[c] : g;
+      for (int c = CHUNKS - 1; c >= 0; --c) g = !((chosen >> c) & 1) && gkey[c] == m ? group[c] : g;
       g = Team::min(g);
 #pragma unroll
-      for (int c = 0; c < kTeamChunks; ++c) chosen |= (uint32_t)(group[c] == g) << c;
+      for (int c = 0; c < CHUNKS; ++c) chosen |= (uint32_t)(group[c] == g) << c;
     }
     mask_groups();
   }
@@ -1035,7 +1096,7 @@ __global__ void __launch_bounds__(128) forward_team_kernel(ForwardArgs a) {
   // slower (9.1 against 8.6 us; bench/NOTES.md v4). kPack - index >= LANES * 16 > 0: a packed key
   // is never kAbsentKey.
   constexpr bool APPROX = !PACKED && !kPost;
-  constexpr uint32_t kPack = PACKED ? kMask : 2u * LANES * kTeamKeys - 1u;
+  constexpr uint32_t kPack = PACKED ? kMask : 2u * LANES * kKeys - 1u;
   void* out = a.indices == nullptr ? nullptr
               : a.idx64           ? (void*)(static_cast<int64_t*>(a.indices) + (live ? row : 0) * a.K)
                                   : (void*)(static_cast<int32_t*>(a.indices) + (live ? row : 0) * a.K);
@@ -1058,25 +1119,25 @@ __global__ void __launch_bounds__(128) forward_team_kernel(ForwardArgs a) {
     for (int r = 0; r < a.K; ++r) {
       uint32_t m = key[0];
 #pragma unroll
-      for (int p = 1; p < kTeamKeys; ++p) m = max(m, key[p]);
+      for (int p = 1; p < kKeys; ++p) m = max(m, key[p]);
       m = Team::max(m);
       uint32_t lowest = 0xffffffffu;
 #pragma unroll
-      for (int p = kTeamKeys - 1; p >= 0; --p) lowest = key[p] == m ? (uint32_t)elem(p) : lowest;
+      for (int p = kKeys - 1; p >= 0; --p) lowest = key[p] == m ? (uint32_t)elem(p) : lowest;
       const uint32_t winner = Team::min(lowest);
 #pragma unroll
-      for (int p = 0; p < kTeamKeys; ++p) key[p] = (uint32_t)elem(p) == winner ? kAbsentKey : key[p];
+      for (int p = 0; p < kKeys; ++p) key[p] = (uint32_t)elem(p) == winner ? kAbsentKey : key[p];
       record(r, m, winner);
     }
     sel = 0;
 #pragma unroll
-    for (int p = 0; p < kTeamKeys; ++p) sel |= (uint32_t)(key[p] == kAbsentKey && elem(p) < E) << p;
+    for (int p = 0; p < kKeys; ++p) sel |= (uint32_t)(key[p] == kAbsentKey && elem(p) < E) << p;
   };
   if constexpr (!PACKED && !APPROX) {
     clearing_rounds();
   } else {
 #pragma unroll
-    for (int p = 0; p < kTeamKeys; ++p)
+    for (int p = 0; p < kKeys; ++p)
       key[p] = key[p] == kAbsentKey ? kAbsentKey : (key[p] & ~kPack) | (kPack - (uint32_t)elem(p));
     if constexpr (LANES == 32) {
       // one row per warp: each lane keeps a short list of its largest keys (22 rounds at E = 512)
@@ -1093,7 +1154,7 @@ __global__ void __launch_bounds__(128) forward_team_kernel(ForwardArgs a) {
       }
     }
 #pragma unroll
-    for (int p = 0; p < kTeamKeys; ++p) {
+    for (int p = 0; p < kKeys; ++p) {
       // at or above the last winner (padding keys are 0, below every real key)
       sel |= (uint32_t)(key[p] >= last && elem(p) < E) << p;
       near = near || (key[p] < last && ((key[p] ^ last) & ~kPack) == 0);
@@ -1107,7 +1168,7 @@ __global__ void __launch_bounds__(128) forward_team_kernel(ForwardArgs a) {
   }
 
   // ---- 5. weights
-  float w[kTeamKeys];
+  float w[kKeys];
   if (mode == kSoftmaxPost) {
     // the selection's maximum is the first winner's value, unless groups turned keys into -inf
     float mx;
@@ -1116,44 +1177,44 @@ __global__ void __launch_bounds__(128) forward_team_kernel(ForwardArgs a) {
     } else {
       mx = -INFINITY;
 #pragma unroll
-      for (int p = 0; p < kTeamKeys; ++p) mx = (sel >> p) & 1 ? fmaxf(mx, value(p)) : mx;
+      for (int p = 0; p < kKeys; ++p) mx = (sel >> p) & 1 ? fmaxf(mx, value(p)) : mx;
       mx = Team::maxf(mx);
     }
     float z = 0.0f;
 #pragma unroll
-    for (int p = 0; p < kTeamKeys; ++p) {
+    for (int p = 0; p < kKeys; ++p) {
       const float e = expf(value(p) - mx);  // for every element, then a select: no branch per element
       w[p] = (sel >> p) & 1 ? e : 0.0f;
       z += w[p];
     }
     const float inv = 1.0f / Team::sum(z);
 #pragma unroll
-    for (int p = 0; p < kTeamKeys; ++p) w[p] *= inv;
+    for (int p = 0; p < kKeys; ++p) w[p] *= inv;
   } else if (mode == kSoftmaxPre || a.K == 1) {
 #pragma unroll
-    for (int p = 0; p < kTeamKeys; ++p) w[p] = score(p);
+    for (int p = 0; p < kKeys; ++p) w[p] = score(p);
   } else {
     float z = 0.0f;
 #pragma unroll
-    for (int p = 0; p < kTeamKeys; ++p) {
+    for (int p = 0; p < kKeys; ++p) {
       w[p] = score(p);
       z += (sel >> p) & 1 ? w[p] : 0.0f;
     }
     const float denom = Team::sum(z) + kEps;
     if (isinf(denom)) {  // sqrtsoftplus of +inf: IEEE division (NaN where w is inf too, else 0)
 #pragma unroll
-      for (int p = 0; p < kTeamKeys; ++p) w[p] /= denom;
+      for (int p = 0; p < kKeys; ++p) w[p] /= denom;
     } else {  // denom >= 1e-20: no range check needed
       const float r = refined_rcp(denom);
 #pragma unroll
-      for (int p = 0; p < kTeamKeys; ++p) w[p] = divide_by(w[p], denom, r);
+      for (int p = 0; p < kKeys; ++p) w[p] = divide_by(w[p], denom, r);
     }
   }
   if (!live) return;
 
   // ---- 6. outputs
 #pragma unroll
-  for (int c = 0; c < kTeamChunks; ++c) {
+  for (int c = 0; c < CHUNKS; ++c) {
     const int e0 = (c * LANES + t) * kTeamVec;
     if (e0 >= E) continue;
     float pr[kTeamVec], im[kTeamVec];

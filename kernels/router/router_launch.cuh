@@ -14,6 +14,7 @@ struct LaunchShape {
   bool block_team;  // one block per row (else one warp per row)
   bool pipelined;   // forward only: persistent warps with cp.async-staged rows
   int team_lanes;   // forward only: lanes per row of forward_team_kernel (0: not that kernel)
+  int team_chunks;  // forward only: chunks of 8 keys per lane of forward_team_kernel (1 or 2)
   int wide_chunks;  // forward only: chunks per lane of forward_wide_packed_kernel (0: not that kernel)
   int vpt;          // elements per thread: warp 1..32 (powers of 2), block 8, 16 or 32
   int threads;      // block size
@@ -92,13 +93,21 @@ cudaError_t launch_block(const Args& a, const LaunchShape& s, cudaStream_t strea
 
 template <typename T, int KIND>
 cudaError_t launch_team(const ForwardArgs& a, const LaunchShape& s, cudaStream_t stream) {
+  if (s.team_chunks == 1) {  // 32 < E <= 256 only (router.cu, team_chunks)
+    switch (s.team_lanes) {
+      case 8: return launch_one(&forward_team_kernel<T, 8, KIND, 1>, a, s, stream);
+      case 16: return launch_one(&forward_team_kernel<T, 16, KIND, 1>, a, s, stream);
+      case 32: return launch_one(&forward_team_kernel<T, 32, KIND, 1>, a, s, stream);
+    }
+    return cudaErrorInvalidConfiguration;
+  }
   switch (s.team_lanes) {
-    case 1: return launch_one(&forward_team_kernel<T, 1, KIND>, a, s, stream);
-    case 2: return launch_one(&forward_team_kernel<T, 2, KIND>, a, s, stream);
-    case 4: return launch_one(&forward_team_kernel<T, 4, KIND>, a, s, stream);
-    case 8: return launch_one(&forward_team_kernel<T, 8, KIND>, a, s, stream);
-    case 16: return launch_one(&forward_team_kernel<T, 16, KIND>, a, s, stream);
-    case 32: return launch_one(&forward_team_kernel<T, 32, KIND>, a, s, stream);
+    case 1: return launch_one(&forward_team_kernel<T, 1, KIND, 2>, a, s, stream);
+    case 2: return launch_one(&forward_team_kernel<T, 2, KIND, 2>, a, s, stream);
+    case 4: return launch_one(&forward_team_kernel<T, 4, KIND, 2>, a, s, stream);
+    case 8: return launch_one(&forward_team_kernel<T, 8, KIND, 2>, a, s, stream);
+    case 16: return launch_one(&forward_team_kernel<T, 16, KIND, 2>, a, s, stream);
+    case 32: return launch_one(&forward_team_kernel<T, 32, KIND, 2>, a, s, stream);
   }
   return cudaErrorInvalidConfiguration;
 }
