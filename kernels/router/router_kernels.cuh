@@ -294,20 +294,21 @@ __device__ __forceinline__ void top_at_or_below(const uint32_t (&key)[N], uint32
   }
 }
 
-// K rounds over unique keys on a whole warp. Each lane keeps a list of its L largest keys not yet
-// taken, so a round is one redux.max over the lists' heads and a shift in the winning lane; a lane
-// whose list runs out refills it from its keys below its last winner. With K / 32 winners per lane
-// on average, refills are rare, and a round costs a few instructions where min_below costs one
-// subtract-and-min per key. record(r, winner) runs in every lane. Returns the K-th winner.
-template <int L, int N, class Record>
-__device__ __forceinline__ uint32_t warp_list_rounds(const uint32_t (&key)[N], int K, Record record) {
+// K rounds over unique keys on a team of lanes (a whole warp by default). Each lane keeps a list of
+// its L largest keys not yet taken, so a round is one team max over the lists' heads (redux.max on a
+// warp) and a shift in the winning lane; a lane whose list runs out refills it from its keys below
+// its last winner. With K / lanes winners per lane on average, refills are rare, and a round costs a
+// few instructions where min_below costs one subtract-and-min per key. record(r, winner) runs in
+// every lane. Returns the K-th winner.
+template <int L, class Team = LaneTeam<32>, int N, class Record>
+__device__ __forceinline__ uint32_t list_rounds(const uint32_t (&key)[N], int K, Record record) {
   uint32_t list[L];
   top_at_or_below(key, 0xffffffffu, list);
   bool more = list[L - 1] != 0u;  // the lane may hold keys below its list
   uint32_t m = 0;
 #pragma unroll 1
   for (int r = 0; r < K; ++r) {
-    m = __reduce_max_sync(kFullMask, list[0]);
+    m = Team::max(list[0]);
     if (list[0] == m) {
 #pragma unroll
       for (int i = 0; i + 1 < L; ++i) list[i] = list[i + 1];
@@ -923,7 +924,7 @@ __device__ __forceinline__ void backward_row(const BackwardArgs& a, Team& team, 
 // a time. Groups are supported when a group is whole chunks of a power-of-2 number of lanes and
 // K / Kg <= 2 (router.cu, choose_team_lanes).
 constexpr int kTeamMaxChunks = 2, kTeamVec = 8;
-constexpr int kTeamList = 3;  // warp_list_rounds on whole-warp rows: K / 32 winners per lane
+constexpr int kTeamList = 3;  // list_rounds: K / LANES winners per lane
 constexpr int kTeamMaxExperts = 32 * kTeamMaxChunks * kTeamVec;
 
 // The value of a packed key, its index bits dropped (kMask: the packed bits).
@@ -1139,10 +1140,7 @@ __global__ void __launch_bounds__(128) forward_team_kernel(ForwardArgs a) {
 #pragma unroll
     for (int p = 0; p < kKeys; ++p)
       key[p] = key[p] == kAbsentKey ? kAbsentKey : (key[p] & ~kPack) | (kPack - (uint32_t)elem(p));
-    if constexpr (LANES == 32) {
-      // one row per warp: each lane keeps a short list of its largest keys (22 rounds at E = 512)
-      warp_list_rounds<kTeamList>(key, a.K, [&](int r, uint32_t m) { record(r, m, kPack - (m & kPack)); });
-    } else {
+    auto min_below_rounds = [&]() {
 #pragma unroll 1
       for (int r = 0; r < a.K; ++r) {
         // Unique keys are taken in descending order, so round r's winner is the largest key below
@@ -1152,12 +1150,30 @@ __global__ void __launch_bounds__(128) forward_team_kernel(ForwardArgs a) {
         const uint32_t m = below - Team::min(min_below(key, below));
         record(r, m, kPack - (m & kPack));
       }
+    };
+    if constexpr (LANES == 32 || (LANES == 16 && APPROX)) {
+      // Each lane keeps a short list of its largest keys: whole-warp rows always (22 rounds at
+      // E = 512); 16-lane rows of the f32-key modes up to one winner per lane on average, so
+      // refills stay rare (e256k8g8 0.92-0.96x, bench/NOTES.md v6.1). 8-lane packed rows lost with
+      // lists (e128k8 bf16 1.04-1.14x, 64 registers against 56); 16-lane packed rows are untried.
+      if (LANES == 32 || a.K <= LANES)
+        list_rounds<kTeamList, Team>(key, a.K, [&](int r, uint32_t m) { record(r, m, kPack - (m & kPack)); });
+      else
+        min_below_rounds();
+    } else {
+      min_below_rounds();
     }
+    // at or above the last winner (padding keys are 0, below every real key; last > 0). The
+    // redundant bounds test stays where lists are not used: without it nvcc gave 8-lane packed rows
+    // 64 registers, not 56.
+    constexpr bool kBoundsTest = !(LANES == 32 || (LANES == 16 && APPROX));
 #pragma unroll
-    for (int p = 0; p < kKeys; ++p) {
-      // at or above the last winner (padding keys are 0, below every real key)
-      sel |= (uint32_t)(key[p] >= last && elem(p) < E) << p;
-      near = near || (key[p] < last && ((key[p] ^ last) & ~kPack) == 0);
+    for (int p = 0; p < kKeys; ++p) sel |= (uint32_t)(key[p] >= last && (!kBoundsTest || elem(p) < E)) << p;
+    if constexpr (APPROX) {
+      // Keys are ordered, so a key below the last winner agrees with it above kPack only if the
+      // largest key below it does: one more round checks them all.
+      const uint32_t below = last - 1u, d = Team::min(min_below(key, below));
+      near = near || (d <= below && (((below - d) ^ last) & ~kPack) == 0);
     }
     if (APPROX && __any_sync(kFullMask, near)) {
       // every team of the warp again (a uniform branch: the teams shuffle together)
@@ -1234,7 +1250,7 @@ __global__ void __launch_bounds__(128) forward_team_kernel(ForwardArgs a) {
 // ---- wide packed rows (softmax-post, no groups, 512 < E <= 2560) -------------------------------
 // One warp per row, CHUNKS chunks of 8 per lane (chunk c of lane t covers [(c * 32 + t) * 8, + 8)),
 // and only index-packed keys in registers (8 * CHUNKS). Rounds keep a short list of the lane's
-// largest keys (warp_list_rounds), and the lane that keeps a winner writes its weight last.
+// largest keys (list_rounds), and the lane that keeps a winner writes its weight last.
 // 16-bit logits pack without loss (forward_wide_packed_kernel): the values come back from the keys
 // (packed_key_value), and every lane adds each winner's exp to the softmax sum as it is found. f32
 // logits pack with a check (forward_wide_f32_kernel, which adds the check, a rank pass and the
@@ -1242,7 +1258,7 @@ __global__ void __launch_bounds__(128) forward_team_kernel(ForwardArgs a) {
 // Block rows (forward_block_kernel) ran e2304k36 at ~48% of the copy ceiling in bf16 (NOTES v3).
 constexpr int kWideMinChunks = 3, kWideMaxChunks = 10;
 constexpr int kWideMaxK = 64;  // two winners per lane (forward_wide_packed_kernel's `held`)
-constexpr int kWideList = 4;  // warp_list_rounds: ~1 refill per row at K = 36 (36 / 32 winners per lane)
+constexpr int kWideList = 4;  // list_rounds: ~1 refill per row at K = 36 (36 / 32 winners per lane)
 
 // A wide row's keys: lane's chunk c holds elements [(c * 32 + lane) * 8, + 8); MASK != 0 packs
 // (MASK - index) into the low bits. With vector access (E % 8 == 0: a chunk is whole or absent)
@@ -1337,7 +1353,7 @@ __global__ void __launch_bounds__(128) forward_wide_packed_kernel(ForwardArgs a)
                                   : (void*)(static_cast<int32_t*>(a.indices) + row * a.K);
   uint32_t held[2] = {0u, 0u};  // lane r % 32 keeps the key of round r's winner (K <= kWideMaxK)
   float mx = 0.0f, z = 0.0f;     // the softmax over the winners: their maximum (the first) and sum
-  const uint32_t last = warp_list_rounds<kWideList>(key, a.K, [&](int r, uint32_t m) {
+  const uint32_t last = list_rounds<kWideList>(key, a.K, [&](int r, uint32_t m) {
     const float v = packed_key_value<kMask>(m);
     mx = r == 0 ? v : mx;
     z += expf(v - mx);
@@ -1384,7 +1400,7 @@ __global__ void __launch_bounds__(128) forward_wide_f32_kernel(ForwardArgs a) {
   uint32_t key[kKeys];
   wide_row_keys<float, CHUNKS, kMask>(x, E, vec, lane, key);
   uint32_t held[2] = {0u, 0u};  // lane r % 32 keeps the key of round r's winner (K <= kWideMaxK)
-  uint32_t last = warp_list_rounds<kWideList>(key, a.K, [&](int r, uint32_t m) {
+  uint32_t last = list_rounds<kWideList>(key, a.K, [&](int r, uint32_t m) {
     held[0] = lane == r % 32 && r < 32 ? m : held[0];
     held[1] = lane == r % 32 && r >= 32 ? m : held[1];
   });
