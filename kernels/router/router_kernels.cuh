@@ -1151,11 +1151,12 @@ __global__ void __launch_bounds__(128) forward_team_kernel(ForwardArgs a) {
         record(r, m, kPack - (m & kPack));
       }
     };
-    if constexpr (LANES == 32 || (LANES == 16 && APPROX)) {
-      // Each lane keeps a short list of its largest keys: whole-warp rows always (22 rounds at
-      // E = 512); 16-lane rows of the f32-key modes up to one winner per lane on average, so
-      // refills stay rare (e256k8g8 0.92-0.96x, bench/NOTES.md v6.1). 8-lane packed rows lost with
-      // lists (e128k8 bf16 1.04-1.14x, 64 registers against 56); 16-lane packed rows are untried.
+    // Each lane keeps a short list of its largest keys: whole-warp rows always (22 rounds at
+    // E = 512); 16-lane rows of the f32-key modes up to one winner per lane on average, so refills
+    // stay rare (e256k8g8 0.92-0.96x, bench/NOTES.md v6.1). 8-lane packed rows lost with lists
+    // (e128k8 bf16 1.04-1.14x, 64 registers against 56); 16-lane packed rows are untried.
+    constexpr bool kLists = LANES == 32 || (LANES == 16 && APPROX);
+    if constexpr (kLists) {
       if (LANES == 32 || a.K <= LANES)
         list_rounds<kTeamList, Team>(key, a.K, [&](int r, uint32_t m) { record(r, m, kPack - (m & kPack)); });
       else
@@ -1166,9 +1167,8 @@ __global__ void __launch_bounds__(128) forward_team_kernel(ForwardArgs a) {
     // at or above the last winner (padding keys are 0, below every real key; last > 0). The
     // redundant bounds test stays where lists are not used: without it nvcc gave 8-lane packed rows
     // 64 registers, not 56.
-    constexpr bool kBoundsTest = !(LANES == 32 || (LANES == 16 && APPROX));
 #pragma unroll
-    for (int p = 0; p < kKeys; ++p) sel |= (uint32_t)(key[p] >= last && (!kBoundsTest || elem(p) < E)) << p;
+    for (int p = 0; p < kKeys; ++p) sel |= (uint32_t)(key[p] >= last && (kLists || elem(p) < E)) << p;
     if constexpr (APPROX) {
       // Keys are ordered, so a key below the last winner agrees with it above kPack only if the
       // largest key below it does: one more round checks them all.
