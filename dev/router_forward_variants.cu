@@ -298,7 +298,7 @@ void run_case(int64_t T, int E, int K, float copy_gbs) {
   if constexpr (VEC * NC * 32 / 16 >= 8 && VEC * NC * 32 / 16 <= 32) {  // E = 128 .. 512
     constexpr int kLanes = VEC * NC * 32 / 16;
     const unsigned pk_blocks = (unsigned)((T + 4 * (32 / kLanes) - 1) / (4 * (32 / kLanes)));
-    auto pk = [&](int i) { forward_team_kernel<bf16, kLanes, kTeamSoftmaxPostPacked><<<pk_blocks, threads>>>(args(bufs[i])); };
+    auto pk = [&](int i) { forward_team_kernel<bf16, kLanes, kTeamSoftmaxPostPacked, 2, false><<<pk_blocks, threads>>>(args(bufs[i])); };
     char name[32];
     std::snprintf(name, sizeof(name), "packed%d", kLanes);
     if (E == kLanes * 16 && same_as_library(name)(pk)) report(name, time_us(pk, sets));

@@ -480,16 +480,17 @@ __device__ __forceinline__ void store_bitmap_chunk(uint8_t* row_bits, int e0, in
 }
 
 // Stores one chunk of a row's forward outputs: probs, the softmax-post intermediate (when
-// `intermediate`), and the routing map as bytes or bits, as ForwardArgs says.
+// `intermediate`), and the routing map as bytes or bits, as ForwardArgs says. E is a.E (a
+// compile-time constant where the caller knows it).
 template <typename T, int VEC>
-__device__ __forceinline__ void store_forward_chunk(const ForwardArgs& a, int64_t row, int e0, bool vec,
+__device__ __forceinline__ void store_forward_chunk(const ForwardArgs& a, int E, int64_t row, int e0, bool vec,
                                                     bool intermediate, const float (&pr)[VEC], const float (&im)[VEC],
                                                     const uint8_t (&mb)[VEC], uint32_t bits) {
-  const int64_t off = row * (int64_t)a.E;
-  store_chunk<T, VEC>(static_cast<T*>(a.probs) + off, e0, a.E, vec, pr);
-  if (intermediate) store_chunk<float, VEC>(a.intermediate + off, e0, a.E, vec, im);
-  if (a.map_kind == kMapBytes) store_bytes<VEC>(a.map + off, e0, a.E, vec, mb);
-  else if (a.map_kind == kMapBits) store_bitmap_chunk<VEC>(a.map + row * (int64_t)((a.E + 7) / 8), e0, a.E, bits);
+  const int64_t off = row * (int64_t)E;
+  store_chunk<T, VEC>(static_cast<T*>(a.probs) + off, e0, E, vec, pr);
+  if (intermediate) store_chunk<float, VEC>(a.intermediate + off, e0, E, vec, im);
+  if (a.map_kind == kMapBytes) store_bytes<VEC>(a.map + off, e0, E, vec, mb);
+  else if (a.map_kind == kMapBits) store_bitmap_chunk<VEC>(a.map + row * (int64_t)((E + 7) / 8), e0, E, bits);
 }
 
 // Group key of a group made of whole thread chunks of VEC keys, `lanes` neighbouring lanes (a power
@@ -726,7 +727,7 @@ __device__ __forceinline__ void forward_row(const ForwardArgs& a, Team& team, in
       mb[v] = on;
       bits |= (uint32_t)on << v;
     }
-    store_forward_chunk<T, VEC>(a, row, e0, vec, a.mode == kSoftmaxPost, pr, im, mb, bits);
+    store_forward_chunk<T, VEC>(a, a.E, row, e0, vec, a.mode == kSoftmaxPost, pr, im, mb, bits);
   }
 }
 
@@ -942,18 +943,20 @@ constexpr int kTeamSoftmaxPostPacked = 4;
 
 // Expert bias of chunk [e0, e0 + VEC) as float (0 past E or without a bias).
 template <int VEC>
-__device__ __forceinline__ void load_bias_chunk(const ForwardArgs& a, int e0, float (&out)[VEC]) {
+__device__ __forceinline__ void load_bias_chunk(const ForwardArgs& a, int E, int e0, float (&out)[VEC]) {
   switch (a.bias == nullptr ? -1 : a.bias_dtype) {
-    case 0: load_chunk<float, VEC>(static_cast<const float*>(a.bias), e0, a.E, a.bias_vec != 0, 0.0f, out); break;
-    case 1: load_chunk<__half, VEC>(static_cast<const __half*>(a.bias), e0, a.E, a.bias_vec != 0, 0.0f, out); break;
-    case 2: load_chunk<__nv_bfloat16, VEC>(static_cast<const __nv_bfloat16*>(a.bias), e0, a.E, a.bias_vec != 0, 0.0f, out); break;
+    case 0: load_chunk<float, VEC>(static_cast<const float*>(a.bias), e0, E, a.bias_vec != 0, 0.0f, out); break;
+    case 1: load_chunk<__half, VEC>(static_cast<const __half*>(a.bias), e0, E, a.bias_vec != 0, 0.0f, out); break;
+    case 2: load_chunk<__nv_bfloat16, VEC>(static_cast<const __nv_bfloat16*>(a.bias), e0, E, a.bias_vec != 0, 0.0f, out); break;
     default:
 #pragma unroll
       for (int v = 0; v < VEC; ++v) out[v] = 0.0f;
   }
 }
 
-template <typename T, int LANES, int KIND, int CHUNKS>
+// FULL: the row is exactly the team's LANES * CHUNKS * 8 keys and allows vector access (router.cu):
+// no bounds tests, no padding keys.
+template <typename T, int LANES, int KIND, int CHUNKS, bool FULL>
 __global__ void __launch_bounds__(128) forward_team_kernel(ForwardArgs a) {
   constexpr bool PACKED = KIND == kTeamSoftmaxPostPacked;
   static_assert(!PACKED || sizeof(T) == 2, "packed keys need 16-bit logits");
@@ -967,10 +970,11 @@ __global__ void __launch_bounds__(128) forward_team_kernel(ForwardArgs a) {
   const int lane = threadIdx.x & 31, t = lane % LANES;
   const int64_t row = ((int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5)) * (32 / LANES) + lane / LANES;
   const bool live = row < a.T;  // a dead team still takes part in the warp's shuffles
-  const int E = a.E;
+  const int E = FULL ? LANES * kKeys : a.E;
   const int64_t off = (live ? row : 0) * (int64_t)E;
-  const bool vec = a.vec != 0;  // E % 8 == 0 and 16-byte aligned buffers (router.cu)
+  const bool vec = FULL || a.vec != 0;  // E % 8 == 0 and 16-byte aligned buffers (router.cu)
   auto elem = [&](int p) { return ((p / kTeamVec) * LANES + t) * kTeamVec + p % kTeamVec; };
+  auto in_row = [&](int e) { return FULL || e < E; };
 
   // ---- 1. load the raw values; padding reads as 0 (its key is absent)
   uint32_t raw[CHUNKS * kChunkWords];
@@ -981,7 +985,7 @@ __global__ void __launch_bounds__(128) forward_team_kernel(ForwardArgs a) {
     if (vec) {
 #pragma unroll
       for (int q = 0; q < kChunkWords / 4; ++q) {
-        const uint4 v = e0 < E ? reinterpret_cast<const uint4*>(x + e0)[q] : make_uint4(0, 0, 0, 0);
+        const uint4 v = in_row(e0) ? reinterpret_cast<const uint4*>(x + e0)[q] : make_uint4(0, 0, 0, 0);
         uint32_t* r = raw + c * kChunkWords + 4 * q;
         r[0] = v.x, r[1] = v.y, r[2] = v.z, r[3] = v.w;
       }
@@ -1008,12 +1012,12 @@ __global__ void __launch_bounds__(128) forward_team_kernel(ForwardArgs a) {
   if constexpr (mode == kSoftmaxPre) {
     float m = -INFINITY;
 #pragma unroll
-    for (int p = 0; p < kKeys; ++p) m = elem(p) < E ? fmaxf(m, value(p)) : m;
+    for (int p = 0; p < kKeys; ++p) m = in_row(elem(p)) ? fmaxf(m, value(p)) : m;
     m = Team::maxf(m);
     float z = 0.0f;
 #pragma unroll
     for (int p = 0; p < kKeys; ++p) {
-      kept[p] = elem(p) < E ? expf(value(p) - m) : 0.0f;
+      kept[p] = in_row(elem(p)) ? expf(value(p) - m) : 0.0f;
       z += kept[p];
     }
     const float inv = 1.0f / Team::sum(z);
@@ -1034,7 +1038,7 @@ __global__ void __launch_bounds__(128) forward_team_kernel(ForwardArgs a) {
       float im[kTeamVec];
 #pragma unroll
       for (int v = 0; v < kTeamVec; ++v) im[v] = mode == kSqrtSoftplus ? value(c * kTeamVec + v) : score(c * kTeamVec + v);
-      if (e0 < E) store_chunk<float, kTeamVec>(a.intermediate + off, e0, E, vec, im);
+      if (in_row(e0)) store_chunk<float, kTeamVec>(a.intermediate + off, e0, E, vec, im);
     }
   }
   // Keys in the SPEC order: the score (+ bias); with groups, -inf outside the chosen groups.
@@ -1044,18 +1048,18 @@ __global__ void __launch_bounds__(128) forward_team_kernel(ForwardArgs a) {
 #pragma unroll
     for (int c = 0; c < CHUNKS; ++c) {
       float b[kTeamVec];  // the bias moves selection only (softmax rows have none: the host checks)
-      if (!kPost) load_bias_chunk<kTeamVec>(a, (c * LANES + t) * kTeamVec, b);
+      if (!kPost) load_bias_chunk<kTeamVec>(a, E, (c * LANES + t) * kTeamVec, b);
 #pragma unroll
       for (int v = 0; v < kTeamVec; ++v) {
         const int p = c * kTeamVec + v;
-        key[p] = elem(p) < E ? order_key(kPost ? score(p) : score(p) + b[v]) : kAbsentKey;
+        key[p] = in_row(elem(p)) ? order_key(kPost ? score(p) : score(p) + b[v]) : kAbsentKey;
       }
     }
   };
   auto mask_groups = [&]() {  // keys outside the chosen groups become -inf (padding stays absent)
 #pragma unroll
     for (int p = 0; p < kKeys; ++p)
-      key[p] = (chosen >> (p / kTeamVec)) & 1 || key[p] == kAbsentKey ? key[p] : kNegInfKey;
+      key[p] = (chosen >> (p / kTeamVec)) & 1 || (!FULL && key[p] == kAbsentKey) ? key[p] : kNegInfKey;
   };
   full_keys();
 
@@ -1067,7 +1071,7 @@ __global__ void __launch_bounds__(128) forward_team_kernel(ForwardArgs a) {
 #pragma unroll
     for (int c = 0; c < CHUNKS; ++c) {
       const uint32_t k = chunk_group_key<kTeamVec>(key + c * kTeamVec, lanes_per_group, a.per_group);
-      gkey[c] = (c * LANES + t) * kTeamVec < E ? k : kAbsentKey;
+      gkey[c] = in_row((c * LANES + t) * kTeamVec) ? k : kAbsentKey;
       group[c] = (uint32_t)(c * LANES + t) >> group_shift;
     }
     chosen = 0;
@@ -1132,14 +1136,14 @@ __global__ void __launch_bounds__(128) forward_team_kernel(ForwardArgs a) {
     }
     sel = 0;
 #pragma unroll
-    for (int p = 0; p < kKeys; ++p) sel |= (uint32_t)(key[p] == kAbsentKey && elem(p) < E) << p;
+    for (int p = 0; p < kKeys; ++p) sel |= (uint32_t)(key[p] == kAbsentKey && in_row(elem(p))) << p;
   };
   if constexpr (!PACKED && !APPROX) {
     clearing_rounds();
   } else {
 #pragma unroll
     for (int p = 0; p < kKeys; ++p)
-      key[p] = key[p] == kAbsentKey ? kAbsentKey : (key[p] & ~kPack) | (kPack - (uint32_t)elem(p));
+      key[p] = !FULL && key[p] == kAbsentKey ? kAbsentKey : (key[p] & ~kPack) | (kPack - (uint32_t)elem(p));
     auto min_below_rounds = [&]() {
 #pragma unroll 1
       for (int r = 0; r < a.K; ++r) {
@@ -1168,7 +1172,7 @@ __global__ void __launch_bounds__(128) forward_team_kernel(ForwardArgs a) {
     // redundant bounds test stays where lists are not used: without it nvcc gave 8-lane packed rows
     // 64 registers, not 56.
 #pragma unroll
-    for (int p = 0; p < kKeys; ++p) sel |= (uint32_t)(key[p] >= last && (kLists || elem(p) < E)) << p;
+    for (int p = 0; p < kKeys; ++p) sel |= (uint32_t)(key[p] >= last && (kLists || in_row(elem(p)))) << p;
     if constexpr (APPROX) {
       // Keys are ordered, so a key below the last winner agrees with it above kPack only if the
       // largest key below it does: one more round checks them all.
@@ -1232,7 +1236,7 @@ __global__ void __launch_bounds__(128) forward_team_kernel(ForwardArgs a) {
 #pragma unroll
   for (int c = 0; c < CHUNKS; ++c) {
     const int e0 = (c * LANES + t) * kTeamVec;
-    if (e0 >= E) continue;
+    if (!in_row(e0)) continue;
     float pr[kTeamVec], im[kTeamVec];
     uint8_t mb[kTeamVec];
     const uint32_t bits = (sel >> (c * kTeamVec)) & 0xffu;
@@ -1243,7 +1247,7 @@ __global__ void __launch_bounds__(128) forward_team_kernel(ForwardArgs a) {
       im[v] = on ? w[c * kTeamVec + v] : -INFINITY;
       mb[v] = on;
     }
-    store_forward_chunk<T, kTeamVec>(a, row, e0, vec, mode == kSoftmaxPost, pr, im, mb, bits);
+    store_forward_chunk<T, kTeamVec>(a, E, row, e0, vec, mode == kSoftmaxPost, pr, im, mb, bits);
   }
 }
 
@@ -1325,7 +1329,7 @@ __device__ __forceinline__ void wide_row_map(const ForwardArgs& a, int64_t row, 
         mb[v] = on;
         bits |= (uint32_t)on << v;
       }
-      store_forward_chunk<T, kTeamVec>(a, row, e0, decltype(vec_access)::value, true, pr, im, mb, bits);
+      store_forward_chunk<T, kTeamVec>(a, a.E, row, e0, decltype(vec_access)::value, true, pr, im, mb, bits);
     }
   };
   if (vec)

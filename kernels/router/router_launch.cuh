@@ -91,23 +91,31 @@ cudaError_t launch_block(const Args& a, const LaunchShape& s, cudaStream_t strea
   return cudaErrorInvalidConfiguration;
 }
 
+// Rows of exactly the team's keys with vector access get the kernel without bounds tests (FULL). Only
+// for 8 lanes and more (E >= 64, the models' sizes), which keeps the build smaller.
+template <typename T, int KIND, int LANES, int CHUNKS>
+cudaError_t launch_team_lanes(const ForwardArgs& a, const LaunchShape& s, cudaStream_t stream) {
+  if constexpr (LANES >= 8)
+    if (a.vec && a.E == LANES * CHUNKS * kTeamVec) return launch_one(&forward_team_kernel<T, LANES, KIND, CHUNKS, true>, a, s, stream);
+  return launch_one(&forward_team_kernel<T, LANES, KIND, CHUNKS, false>, a, s, stream);
+}
 template <typename T, int KIND>
 cudaError_t launch_team(const ForwardArgs& a, const LaunchShape& s, cudaStream_t stream) {
   if (s.team_chunks == 1) {  // 32 < E <= 256 only (router.cu, team_chunks)
     switch (s.team_lanes) {
-      case 8: return launch_one(&forward_team_kernel<T, 8, KIND, 1>, a, s, stream);
-      case 16: return launch_one(&forward_team_kernel<T, 16, KIND, 1>, a, s, stream);
-      case 32: return launch_one(&forward_team_kernel<T, 32, KIND, 1>, a, s, stream);
+      case 8: return launch_team_lanes<T, KIND, 8, 1>(a, s, stream);
+      case 16: return launch_team_lanes<T, KIND, 16, 1>(a, s, stream);
+      case 32: return launch_team_lanes<T, KIND, 32, 1>(a, s, stream);
     }
     return cudaErrorInvalidConfiguration;
   }
   switch (s.team_lanes) {
-    case 1: return launch_one(&forward_team_kernel<T, 1, KIND, 2>, a, s, stream);
-    case 2: return launch_one(&forward_team_kernel<T, 2, KIND, 2>, a, s, stream);
-    case 4: return launch_one(&forward_team_kernel<T, 4, KIND, 2>, a, s, stream);
-    case 8: return launch_one(&forward_team_kernel<T, 8, KIND, 2>, a, s, stream);
-    case 16: return launch_one(&forward_team_kernel<T, 16, KIND, 2>, a, s, stream);
-    case 32: return launch_one(&forward_team_kernel<T, 32, KIND, 2>, a, s, stream);
+    case 1: return launch_team_lanes<T, KIND, 1, 2>(a, s, stream);
+    case 2: return launch_team_lanes<T, KIND, 2, 2>(a, s, stream);
+    case 4: return launch_team_lanes<T, KIND, 4, 2>(a, s, stream);
+    case 8: return launch_team_lanes<T, KIND, 8, 2>(a, s, stream);
+    case 16: return launch_team_lanes<T, KIND, 16, 2>(a, s, stream);
+    case 32: return launch_team_lanes<T, KIND, 32, 2>(a, s, stream);
   }
   return cudaErrorInvalidConfiguration;
 }
