@@ -70,10 +70,11 @@ int pipeline_enabled() {
 // v4 (rounds without clearing; whole-warp rows at 256 < E <= 512 keep a list per lane): packed
 // E = 128 up to K = 48 at least (60.3 us against radix 71.3), 256: 40 (105.0 against 106.2; radix
 // at 48), 512: 48 (215.0 against 219.0; radix at 64). 0 turns team rows off.
-int team_max_k(int E, bool packed) {
+int team_max_k(int E, bool packed, bool pack_f32) {
   static const int forced = env_int("MOEKIT_ROUTER_TEAM_MAX_K", -1);
   if (forced >= 0) return forced;
   if (packed) return E <= 128 ? 48 : E <= 256 ? 40 : 48;
+  if (pack_f32 && E > 256) return 22;  // e512k22 (team_pack_f32_min_t); larger K not measured
   return E <= 128 ? 18 : 10;
 }
 // Team rows for the other score modes (softmax-pre, sigmoid, sqrtsoftplus; bias; groups). Since v4
@@ -96,10 +97,20 @@ int team_chunks(int E, int64_t T) {
   if (forced == 1 || forced == 2) return forced;
   return E > 128 && T <= 16384 ? 1 : 2;
 }
+// f32 softmax-post team rows: rounds on index-packed keys with a check and an exact fallback from
+// this T on, clearing rounds below it. Packed rounds cost fewer instructions but lose at small T
+// (likely: a warp that falls back runs both kinds of rounds, and with few waves such a warp sets the
+// time). v7.1 on the H200 (bench/NOTES.md), packed against clearing rounds, e128k8: T = 2048 1.27x,
+// 4096 1.13x, 8192 1.00-1.02x, 16384 0.91-0.92x, 32768 0.86x, 65536 0.82x; e512k22, packed team rows
+// against radix select: 2048 1.40x, 4096 1.12x, 8192 1.02x, 16384 0.97x, 32768 0.93x, 65536 0.91x.
+int64_t team_pack_f32_min_t() {
+  static const int64_t v = env_int("MOEKIT_ROUTER_TEAM_PACK_F32_MIN_T", 16384);
+  return v;
+}
 // Lanes per row of a team row for this call, or 0 where team rows do not apply. Groups must be
 // whole 8-element chunks of a power-of-2 number of lanes within the team, with K / Kg <= 2.
 int choose_team_lanes(const ForwardArgs& a) {
-  if (a.E > kTeamMaxExperts || a.K > team_max_k(a.E, a.packed != 0)) return 0;
+  if (a.E > kTeamMaxExperts || a.K > team_max_k(a.E, a.packed != 0, a.team_pack_f32 != 0)) return 0;
   if (a.mode != kSoftmaxPost && !team_any_score()) return 0;
   const int keys = team_chunks(a.E, a.T) * kTeamVec;
   const int lanes = next_pow2((a.E + keys - 1) / keys);
@@ -379,6 +390,7 @@ extern "C" MOEKIT_API moekit_status_t moekit_router_topk_forward(
     a.idx64 = index_dtype == MOEKIT_DTYPE_I64;
     a.packed = keys_packed(a.mode, a.E, logits_dtype);
     a.radix = topk >= radix_min_k(a.E, a.packed != 0);
+    a.team_pack_f32 = logits_dtype == MOEKIT_DTYPE_F32 && a.mode == kSoftmaxPost && num_tokens >= team_pack_f32_min_t();
     a.scale = scaling_factor;
     // team shared memory: radix histogram (+ pick), group keys, sorted-index list
     const int words = 256 + 4 + a.G + ((a.radix && topk_indices != nullptr) ? 2 * a.K : 0);

@@ -58,6 +58,7 @@ struct ForwardArgs {
   int stages;               // pipelined kernel: row buffers per warp (1 or 2)
   int stage_bytes;          // pipelined kernel: bytes per row buffer (multiple of 16)
   int group_size, per_group;  // E / G and K / Kg (router.cu): no integer division per row
+  int team_pack_f32;  // team rows, f32 softmax-post: rounds on packed keys (else clearing rounds; router.cu)
 };
 
 struct BackwardArgs {
@@ -1092,15 +1093,16 @@ __global__ void __launch_bounds__(128) forward_team_kernel(ForwardArgs a) {
   }
 
   // ---- 4. rounds over index-packed keys: the key's low bits replaced by (kPack - index), so keys
-  // are unique and a round needs no clearing (below). 16-bit logits (PACKED) lose nothing. The f32
-  // keys of the other score modes (APPROX) lose their low log2(2 * LANES * 16) bits (9 at E <= 256),
+  // are unique and a round needs no clearing (below). 16-bit logits (PACKED) lose nothing. f32 keys
+  // (f32 logits, and the computed scores of the other modes: APPROX) lose their low
+  // log2(2 * LANES * CHUNKS * 8) bits (9 at E = 256),
   // which only matters where two keys that the rounds compare agree above them: two winners in a
   // row, or the last winner and a key below it. Such rows are redone with the full keys and clearing
   // rounds: ties, and ~1.3% of rows of sigmoid(N(0, 1)) at E = 256, K = 8 (a NumPy model of these
-  // rounds). f32 softmax-post runs the clearing rounds only: with packing, e128k8 at T = 8192 got
-  // slower (9.1 against 8.6 us; bench/NOTES.md v4). kPack - index >= LANES * 16 > 0: a packed key
-  // is never kAbsentKey.
-  constexpr bool APPROX = !PACKED && !kPost;
+  // rounds). kPack - index >= LANES * CHUNKS * 8 > 0: a packed key is never kAbsentKey.
+  // f32 softmax-post packs only where the host asks (large T; router.cu, team_pack_f32_min_t).
+  constexpr bool APPROX = !PACKED;
+  const bool pack = !kPost || PACKED || a.team_pack_f32 != 0;
   constexpr uint32_t kPack = PACKED ? kMask : 2u * LANES * kKeys - 1u;
   void* out = a.indices == nullptr ? nullptr
               : a.idx64           ? (void*)(static_cast<int64_t*>(a.indices) + (live ? row : 0) * a.K)
@@ -1138,7 +1140,7 @@ __global__ void __launch_bounds__(128) forward_team_kernel(ForwardArgs a) {
 #pragma unroll
     for (int p = 0; p < kKeys; ++p) sel |= (uint32_t)(key[p] == kAbsentKey && in_row(elem(p))) << p;
   };
-  if constexpr (!PACKED && !APPROX) {
+  if (!pack) {
     clearing_rounds();
   } else {
 #pragma unroll
@@ -1190,10 +1192,11 @@ __global__ void __launch_bounds__(128) forward_team_kernel(ForwardArgs a) {
   // ---- 5. weights
   float w[kKeys];
   if (mode == kSoftmaxPost) {
-    // the selection's maximum is the first winner's value, unless groups turned keys into -inf
+    // the selection's maximum is the first winner's value (16-bit keys pack without loss), unless
+    // groups turned keys into -inf
     float mx;
-    if (a.G == 0) {
-      mx = PACKED ? packed_key_value<kMask>(first) : key_value(first);
+    if (PACKED && a.G == 0) {
+      mx = packed_key_value<kMask>(first);
     } else {
       mx = -INFINITY;
 #pragma unroll
