@@ -58,7 +58,7 @@ struct ForwardArgs {
   int stages;               // pipelined kernel: row buffers per warp (1 or 2)
   int stage_bytes;          // pipelined kernel: bytes per row buffer (multiple of 16)
   int group_size, per_group;  // E / G and K / Kg (router.cu): no integer division per row
-  int team_pack_f32;  // team rows, f32 softmax-post: rounds on packed keys (else clearing rounds; router.cu)
+  int team_pack_f32;  // team rows, f32 softmax-post: rounds on packed keys (kTeamSoftmaxPostF32Packed; router.cu)
 };
 
 struct BackwardArgs {
@@ -937,10 +937,14 @@ __device__ __forceinline__ float packed_key_value(uint32_t k) {
   return __uint_as_float(hi & 0x80000000u ? hi & 0x7fffffffu : ~(hi | kMask));
 }
 
-// One kernel per score mode (KIND: a ScoreMode, or kTeamSoftmaxPostPacked). Softmax-post keeps the
-// raw values and reads its scores off them; the other modes compute each score once and keep it
-// (one register per key), in place of the raw values.
+// One kernel per score mode (KIND: a ScoreMode, kTeamSoftmaxPostPacked or kTeamSoftmaxPostF32Packed
+// below). Softmax-post keeps the raw values and reads its scores off them; the other modes compute
+// each score once and keep it (one register per key), in place of the raw values.
 constexpr int kTeamSoftmaxPostPacked = 4;
+// f32 softmax-post with rounds on packed keys (a check and an exact fallback), where kSoftmaxPost
+// runs clearing rounds: a kernel with both kinds took 77 registers against 64 (router.cu,
+// team_pack_f32_min_t).
+constexpr int kTeamSoftmaxPostF32Packed = 5;
 
 // Expert bias of chunk [e0, e0 + VEC) as float (0 past E or without a bias).
 template <int VEC>
@@ -961,7 +965,9 @@ template <typename T, int LANES, int KIND, int CHUNKS, bool FULL>
 __global__ void __launch_bounds__(128) forward_team_kernel(ForwardArgs a) {
   constexpr bool PACKED = KIND == kTeamSoftmaxPostPacked;
   static_assert(!PACKED || sizeof(T) == 2, "packed keys need 16-bit logits");
-  constexpr int mode = PACKED ? kSoftmaxPost : KIND;
+  constexpr bool PACKED_F32 = KIND == kTeamSoftmaxPostF32Packed;
+  static_assert(!PACKED_F32 || sizeof(T) == 4, "f32 packed softmax-post is for f32 logits");
+  constexpr int mode = PACKED || PACKED_F32 ? kSoftmaxPost : KIND;
   constexpr bool kPost = mode == kSoftmaxPost;
   using Team = LaneTeam<LANES>;
   constexpr int kKeys = CHUNKS * kTeamVec;  // keys per lane
@@ -1100,9 +1106,9 @@ __global__ void __launch_bounds__(128) forward_team_kernel(ForwardArgs a) {
   // row, or the last winner and a key below it. Such rows are redone with the full keys and clearing
   // rounds: ties, and ~1.3% of rows of sigmoid(N(0, 1)) at E = 256, K = 8 (a NumPy model of these
   // rounds). kPack - index >= LANES * CHUNKS * 8 > 0: a packed key is never kAbsentKey.
-  // f32 softmax-post packs only where the host asks (large T; router.cu, team_pack_f32_min_t).
+  // f32 softmax-post packs only where the host asks (KIND kTeamSoftmaxPostF32Packed).
   constexpr bool APPROX = !PACKED;
-  const bool pack = !kPost || PACKED || a.team_pack_f32 != 0;
+  constexpr bool kPackKeys = !kPost || PACKED || PACKED_F32;
   constexpr uint32_t kPack = PACKED ? kMask : 2u * LANES * kKeys - 1u;
   void* out = a.indices == nullptr ? nullptr
               : a.idx64           ? (void*)(static_cast<int64_t*>(a.indices) + (live ? row : 0) * a.K)
@@ -1140,7 +1146,7 @@ __global__ void __launch_bounds__(128) forward_team_kernel(ForwardArgs a) {
 #pragma unroll
     for (int p = 0; p < kKeys; ++p) sel |= (uint32_t)(key[p] == kAbsentKey && in_row(elem(p))) << p;
   };
-  if (!pack) {
+  if constexpr (!kPackKeys) {
     clearing_rounds();
   } else {
 #pragma unroll

@@ -129,7 +129,8 @@ cudaError_t launch_team(const ForwardArgs& a, const LaunchShape& s, cudaStream_t
   // softmax-post: 16-bit logits always have packed keys at E <= 512 (router.cu, keys_packed)
   if constexpr (sizeof(T) == 2) return a.packed ? launch_team<T, kTeamSoftmaxPostPacked>(a, s, stream)
                                                 : cudaErrorInvalidConfiguration;
-  else return launch_team<T, kSoftmaxPost>(a, s, stream);
+  else return a.team_pack_f32 ? launch_team<T, kTeamSoftmaxPostF32Packed>(a, s, stream)
+                              : launch_team<T, kSoftmaxPost>(a, s, stream);
 }
 
 // 16-bit logits pack their keys without loss, f32 with a check (router_kernels.cuh)
