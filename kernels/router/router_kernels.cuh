@@ -1198,11 +1198,11 @@ __global__ void __launch_bounds__(128) forward_team_kernel(ForwardArgs a) {
   // ---- 5. weights
   float w[kKeys];
   if (mode == kSoftmaxPost) {
-    // the selection's maximum is the first winner's value (16-bit keys pack without loss), unless
-    // groups turned keys into -inf
+    // the selection's maximum is the first winner's value (16-bit keys pack without loss; f32 keys
+    // of the clearing rounds are whole), unless groups turned keys into -inf or f32 keys were packed
     float mx;
-    if (PACKED && a.G == 0) {
-      mx = packed_key_value<kMask>(first);
+    if (!PACKED_F32 && a.G == 0) {
+      mx = PACKED ? packed_key_value<kMask>(first) : key_value(first);
     } else {
       mx = -INFINITY;
 #pragma unroll
