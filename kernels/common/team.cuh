@@ -47,6 +47,7 @@ __device__ __forceinline__ uint32_t warp_exclusive_scan(uint32_t v, uint32_t& to
 // shuffles, so 32 / LANES teams share each instruction. Whole warps use redux.sync for integers.
 template <int LANES>
 struct LaneTeam {
+  static constexpr int kLanes = LANES;
   template <bool kMax>
   static __device__ __forceinline__ uint32_t extreme(uint32_t v) {
     if constexpr (LANES == 32) {

@@ -295,31 +295,53 @@ __device__ __forceinline__ void top_at_or_below(const uint32_t (&key)[N], uint32
   }
 }
 
+// round(r) for r in [0, K), in spans of SPAN rounds with flush(r0, rn) after each span: what is
+// done once per span (the index stores of the lanes that kept one winner each) stays out of the
+// rounds, which then carry no store test and no branch for it.
+template <int SPAN, class Round, class Flush>
+__device__ __forceinline__ void rounds_in_spans(int K, Round round, Flush flush) {
+#pragma unroll 1
+  for (int r0 = 0; r0 < K; r0 += SPAN) {
+    const int rn = min(K, r0 + SPAN);
+#pragma unroll 1
+    for (int r = r0; r < rn; ++r) round(r);
+    flush(r0, rn);
+  }
+}
+struct NoFlush {
+  __device__ void operator()(int, int) const {}
+};
+
 // K rounds over unique keys on a team of lanes (a whole warp by default). Each lane keeps a list of
 // its L largest keys not yet taken, so a round is one team max over the lists' heads (redux.max on a
-// warp) and a shift in the winning lane; a lane whose list runs out refills it from its keys below
-// its last winner. With K / lanes winners per lane on average, refills are rare, and a round costs a
-// few instructions where min_below costs one subtract-and-min per key. record(r, winner) runs in
-// every lane. Returns the K-th winner.
-template <int L, class Team = LaneTeam<32>, int N, class Record>
-__device__ __forceinline__ uint32_t list_rounds(const uint32_t (&key)[N], int K, Record record) {
+// warp) and a shift in the winning lane (selects, not a branch); a lane whose list runs out refills
+// it from its keys below its last winner. With K / lanes winners per lane on average, refills are
+// rare, and a round costs a few instructions where min_below costs one subtract-and-min per key.
+// record(r, winner) runs in every lane, flush(r0, rn) after every Team::kLanes rounds
+// (rounds_in_spans). Returns the K-th winner.
+template <int L, class Team = LaneTeam<32>, int N, class Record, class Flush = NoFlush>
+__device__ __forceinline__ uint32_t list_rounds(const uint32_t (&key)[N], int K, Record record, Flush flush = {}) {
   uint32_t list[L];
   top_at_or_below(key, 0xffffffffu, list);
   bool more = list[L - 1] != 0u;  // the lane may hold keys below its list
   uint32_t m = 0;
-#pragma unroll 1
-  for (int r = 0; r < K; ++r) {
+  auto round = [&](int r) {
     m = Team::max(list[0]);
-    if (list[0] == m) {
+    const bool won = list[0] == m;
 #pragma unroll
-      for (int i = 0; i + 1 < L; ++i) list[i] = list[i + 1];
-      list[L - 1] = 0u;
-      if (list[0] == 0u && more) {
-        top_at_or_below(key, m - 1u, list);
-        more = list[L - 1] != 0u;
-      }
+    for (int i = 0; i + 1 < L; ++i) list[i] = won ? list[i + 1] : list[i];
+    list[L - 1] = won ? 0u : list[L - 1];
+    if (won && list[0] == 0u && more) {
+      top_at_or_below(key, m - 1u, list);
+      more = list[L - 1] != 0u;
     }
     record(r, m);
+  };
+  if constexpr (std::is_same<Flush, NoFlush>::value) {
+#pragma unroll 1
+    for (int r = 0; r < K; ++r) round(r);
+  } else {
+    rounds_in_spans<Team::kLanes>(K, round, flush);
   }
   return m;
 }
@@ -959,10 +981,16 @@ __device__ __forceinline__ void load_bias_chunk(const ForwardArgs& a, int E, int
   }
 }
 
+// Blocks per SM that ptxas must leave room for. Packed 16-bit softmax-post rows on whole warps
+// (e512k22 bf16) took 55 registers, 9 blocks per SM, once the index stores left the rounds (v7.4),
+// and ran 1.03x slower; capped for 10 blocks they take 48 without spills. 0 elsewhere: no
+// minimum (an explicit 1 made ptxas give other kernels more registers, e128k8 bf16 48 -> 64).
+constexpr int team_min_blocks(int kind, int lanes) { return kind == kTeamSoftmaxPostPacked && lanes == 32 ? 10 : 0; }
+
 // FULL: the row is exactly the team's LANES * CHUNKS * 8 keys and allows vector access (router.cu):
 // no bounds tests, no padding keys.
 template <typename T, int LANES, int KIND, int CHUNKS, bool FULL>
-__global__ void __launch_bounds__(128) forward_team_kernel(ForwardArgs a) {
+__global__ void __launch_bounds__(128, team_min_blocks(KIND, LANES)) forward_team_kernel(ForwardArgs a) {
   constexpr bool PACKED = KIND == kTeamSoftmaxPostPacked;
   static_assert(!PACKED || sizeof(T) == 2, "packed keys need 16-bit logits");
   constexpr bool PACKED_F32 = KIND == kTeamSoftmaxPostF32Packed;
@@ -1114,22 +1142,25 @@ __global__ void __launch_bounds__(128) forward_team_kernel(ForwardArgs a) {
               : a.idx64           ? (void*)(static_cast<int64_t*>(a.indices) + (live ? row : 0) * a.K)
                                   : (void*)(static_cast<int32_t*>(a.indices) + (live ? row : 0) * a.K);
   uint32_t first = 0, held = 0, last = 0;  // the first and the latest winner's key
-  bool near = false;                        // APPROX: two keys the rounds compared agree above kPack
+  // APPROX: two keys the rounds compared agree above kPack. Bitwise, so that a round has no branch
+  // for it; in round 0 (last = 0) it is set only by a winner below kPack + 1, a NaN key, whose row
+  // the exact fallback then redoes. A word, not a bool (nvcc kept a bool in a byte: 3 more
+  // instructions per round).
+  uint32_t near = 0;
   auto record = [&](int r, uint32_t m, uint32_t winner) {
-    near = near || (r > 0 && ((m ^ last) & ~kPack) == 0);
+    near |= (uint32_t)(((m ^ last) & ~kPack) == 0);
     first = r == 0 ? m : first;
     last = m;
-    const int slot = r % LANES;
-    held = t == slot ? winner : held;
-    if (out != nullptr && live && (slot == LANES - 1 || r == a.K - 1) && t <= slot)
-      put_index(out, a.idx64 != 0, r - slot + t, held);
+    held = t == r % LANES ? winner : held;  // lane r % LANES keeps round r's index
+  };
+  auto flush = [&](int r0, int rn) {  // after every LANES rounds (rounds_in_spans)
+    if (out != nullptr && live && t < rn - r0) put_index(out, a.idx64 != 0, r0 + t, held);
   };
   // Clearing rounds on the full keys: the team's best key, the lowest index holding it (a team
   // min), whose key is cleared to kAbsentKey; "selected" = "a real element, now cleared".
   uint32_t sel = 0;  // the keys are dead after the rounds: 16 registers back
   auto clearing_rounds = [&]() {
-#pragma unroll 1
-    for (int r = 0; r < a.K; ++r) {
+    rounds_in_spans<LANES>(a.K, [&](int r) {
       uint32_t m = key[0];
 #pragma unroll
       for (int p = 1; p < kKeys; ++p) m = max(m, key[p]);
@@ -1141,7 +1172,7 @@ __global__ void __launch_bounds__(128) forward_team_kernel(ForwardArgs a) {
 #pragma unroll
       for (int p = 0; p < kKeys; ++p) key[p] = (uint32_t)elem(p) == winner ? kAbsentKey : key[p];
       record(r, m, winner);
-    }
+    }, flush);
     sel = 0;
 #pragma unroll
     for (int p = 0; p < kKeys; ++p) sel |= (uint32_t)(key[p] == kAbsentKey && in_row(elem(p))) << p;
@@ -1153,15 +1184,14 @@ __global__ void __launch_bounds__(128) forward_team_kernel(ForwardArgs a) {
     for (int p = 0; p < kKeys; ++p)
       key[p] = !FULL && key[p] == kAbsentKey ? kAbsentKey : (key[p] & ~kPack) | (kPack - (uint32_t)elem(p));
     auto min_below_rounds = [&]() {
-#pragma unroll 1
-      for (int r = 0; r < a.K; ++r) {
+      rounds_in_spans<LANES>(a.K, [&](int r) {
         // Unique keys are taken in descending order, so round r's winner is the largest key below
         // the last one (min_below; last = 0 in round 0: every key). Nothing is cleared: one fused
         // subtract-and-min per key, against a compare and a select per key for the clearing.
         const uint32_t below = last - 1u;
         const uint32_t m = below - Team::min(min_below(key, below));
         record(r, m, kPack - (m & kPack));
-      }
+      }, flush);
     };
     // Each lane keeps a short list of its largest keys: whole-warp rows always (22 rounds at
     // E = 512); 16-lane rows of the f32-key modes up to one winner per lane on average, so refills
@@ -1170,7 +1200,7 @@ __global__ void __launch_bounds__(128) forward_team_kernel(ForwardArgs a) {
     constexpr bool kLists = LANES == 32 || (LANES == 16 && APPROX);
     if constexpr (kLists) {
       if (LANES == 32 || a.K <= LANES)
-        list_rounds<kTeamList, Team>(key, a.K, [&](int r, uint32_t m) { record(r, m, kPack - (m & kPack)); });
+        list_rounds<kTeamList, Team>(key, a.K, [&](int r, uint32_t m) { record(r, m, kPack - (m & kPack)); }, flush);
       else
         min_below_rounds();
     } else {
@@ -1185,7 +1215,7 @@ __global__ void __launch_bounds__(128) forward_team_kernel(ForwardArgs a) {
       // Keys are ordered, so a key below the last winner agrees with it above kPack only if the
       // largest key below it does: one more round checks them all.
       const uint32_t below = last - 1u, d = Team::min(min_below(key, below));
-      near = near || (d <= below && (((below - d) ^ last) & ~kPack) == 0);
+      near |= (uint32_t)(d <= below && (((below - d) ^ last) & ~kPack) == 0);
     }
     if (APPROX && __any_sync(kFullMask, near)) {
       // every team of the warp again (a uniform branch: the teams shuffle together)
@@ -1370,11 +1400,11 @@ __global__ void __launch_bounds__(128) forward_wide_packed_kernel(ForwardArgs a)
     const float v = packed_key_value<kMask>(m);
     mx = r == 0 ? v : mx;
     z += expf(v - mx);
-    const int slot = r % 32;
-    held[0] = lane == slot && r < 32 ? m : held[0];
-    held[1] = lane == slot && r >= 32 ? m : held[1];
-    if (out != nullptr && (slot == 31 || r == a.K - 1) && lane <= slot)
-      put_index(out, a.idx64 != 0, r - slot + lane, kMask - ((r < 32 ? held[0] : held[1]) & kMask));
+    held[0] = lane == r % 32 && r < 32 ? m : held[0];
+    held[1] = lane == r % 32 && r >= 32 ? m : held[1];
+  }, [&](int r0, int rn) {  // after every 32 rounds
+    if (out != nullptr && lane < rn - r0)
+      put_index(out, a.idx64 != 0, r0 + lane, kMask - ((r0 < 32 ? held[0] : held[1]) & kMask));
   });
   const float inv = 1.0f / z;
 
