@@ -314,12 +314,14 @@ struct NoFlush {
 
 // K rounds over unique keys on a team of lanes (a whole warp by default). Each lane keeps a list of
 // its L largest keys not yet taken, so a round is one team max over the lists' heads (redux.max on a
-// warp) and a shift in the winning lane (selects, not a branch); a lane whose list runs out refills
-// it from its keys below its last winner. With K / lanes winners per lane on average, refills are
+// warp) and a shift in the winning lane; a lane whose list runs out refills it from its keys below
+// its last winner. The shift is a branch, or selects in every lane where kShiftBySelect (measured per
+// kernel, bench/NOTES.md v7.4: selects won on wide packed rows, e2304k36 bf16 0.96 -> 0.93, and lost
+// on team rows, e512k22 bf16 0.97 -> 1.04). With K / lanes winners per lane on average, refills are
 // rare, and a round costs a few instructions where min_below costs one subtract-and-min per key.
 // record(r, winner) runs in every lane, flush(r0, rn) after every Team::kLanes rounds
 // (rounds_in_spans). Returns the K-th winner.
-template <int L, class Team = LaneTeam<32>, int N, class Record, class Flush = NoFlush>
+template <int L, class Team = LaneTeam<32>, bool kShiftBySelect = false, int N, class Record, class Flush = NoFlush>
 __device__ __forceinline__ uint32_t list_rounds(const uint32_t (&key)[N], int K, Record record, Flush flush = {}) {
   uint32_t list[L];
   top_at_or_below(key, 0xffffffffu, list);
@@ -328,12 +330,14 @@ __device__ __forceinline__ uint32_t list_rounds(const uint32_t (&key)[N], int K,
   auto round = [&](int r) {
     m = Team::max(list[0]);
     const bool won = list[0] == m;
+    if (kShiftBySelect || won) {
 #pragma unroll
-    for (int i = 0; i + 1 < L; ++i) list[i] = won ? list[i + 1] : list[i];
-    list[L - 1] = won ? 0u : list[L - 1];
-    if (won && list[0] == 0u && more) {
-      top_at_or_below(key, m - 1u, list);
-      more = list[L - 1] != 0u;
+      for (int i = 0; i + 1 < L; ++i) list[i] = won ? list[i + 1] : list[i];
+      list[L - 1] = won ? 0u : list[L - 1];
+      if (won && list[0] == 0u && more) {
+        top_at_or_below(key, m - 1u, list);
+        more = list[L - 1] != 0u;
+      }
     }
     record(r, m);
   };
@@ -1396,7 +1400,7 @@ __global__ void __launch_bounds__(128) forward_wide_packed_kernel(ForwardArgs a)
                                   : (void*)(static_cast<int32_t*>(a.indices) + row * a.K);
   uint32_t held[2] = {0u, 0u};  // lane r % 32 keeps the key of round r's winner (K <= kWideMaxK)
   float mx = 0.0f, z = 0.0f;     // the softmax over the winners: their maximum (the first) and sum
-  const uint32_t last = list_rounds<kWideList>(key, a.K, [&](int r, uint32_t m) {
+  const uint32_t last = list_rounds<kWideList, LaneTeam<32>, true>(key, a.K, [&](int r, uint32_t m) {
     const float v = packed_key_value<kMask>(m);
     mx = r == 0 ? v : mx;
     z += expf(v - mx);
