@@ -1100,6 +1100,45 @@ def test_router_ulp_near_ties_are_exact(E, K, score, dtype, steps, rng):
     run_router_case(case, rng, logits=logits, bias=bias, strict=True)
 
 
+# ---- the sigmoid itself ---------------------------------------------------------------------------
+
+SIGMOID_MAX_ULP = 6.0  # hardware exp2 and reciprocal: 4.4 ulp measured on an H200 (bench/NOTES.md v7.3)
+SMALLEST_SUBNORMAL = 2.0 ** -149
+
+
+def test_router_sigmoid_accuracy_subnormals_and_specials(rng):
+    """The sigmoid intermediate over a dense sweep of f32 logits: within SIGMOID_MAX_ULP of the
+    correctly rounded value where that is a normal float, subnormal results kept (not flushed to 0),
+    and the special inputs exact."""
+    torch = _torch()
+    mk = _moekit()
+    E = 256
+    specials = np.array([np.inf, -np.inf, np.nan, 0.0, -0.0, 1e-40, -1e-40, 20.0, 88.0, 128.0, 1e30,
+                         -104.0, -128.0, -1e30], dtype=np.float32)
+    expected = np.array([1.0, 0.0, np.nan, 0.5, 0.5, 0.5, 0.5, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0])
+    sweep = np.concatenate([np.linspace(-110.0, 110.0, 1_000_001), rng.standard_normal(200_000) * 4.0])
+    x = np.concatenate([sweep, specials]).astype(np.float32)
+    x = np.concatenate([x, np.zeros((-len(x)) % E, dtype=np.float32)])  # whole rows
+    _, _, inter = mk.router_topk_forward(torch.from_numpy(x.reshape(-1, E)).to(DEVICE), 1,
+                                         score_function="sigmoid")
+    y = inter.cpu().numpy().ravel().astype(np.float64)
+    xf = x.astype(np.float64)
+    with np.errstate(over="ignore"):
+        ref = 1.0 / (1.0 + np.exp(-xf))
+    ref32 = ref.astype(np.float32)
+    finite = np.isfinite(xf)
+    normal = finite & (ref32 >= np.finfo(np.float32).tiny)
+    ulps = np.abs(y - ref) / np.spacing(ref32).astype(np.float64)
+    worst = np.argmax(np.where(normal, ulps, 0.0))
+    assert ulps[normal].max() <= SIGMOID_MAX_ULP, f"{ulps[worst]:.2f} ulp at x = {xf[worst]!r}"
+    sub = finite & ~normal
+    assert np.abs(y - ref)[sub].max() <= 4 * SMALLEST_SUBNORMAL, "subnormal results off by > 4 steps"
+    kept = sub & (ref >= 4 * SMALLEST_SUBNORMAL)
+    assert kept.any() and (y[kept] > 0).all(), "subnormal sigmoid results were flushed to 0"
+    got = y[len(sweep):len(sweep) + len(specials)]
+    np.testing.assert_array_equal(got, expected, err_msg=f"sigmoid of {specials.tolist()}")
+
+
 # ---- determinism ---------------------------------------------------------------------------------
 
 DETERMINISM_CASES = [
