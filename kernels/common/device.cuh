@@ -160,9 +160,13 @@ __device__ __forceinline__ void load_bytes(const uint8_t* __restrict__ p, int64_
 // correction, behind a range check (FCHK) with a slow path for extreme operands. Where d is known
 // to be in range (and n is not subnormal) the result is the same bits without the check and its
 // branch; dividing many n by one d, the refined reciprocal is computed once.
-__device__ __forceinline__ float refined_rcp(float d) {
+__device__ __forceinline__ float approx_rcp(float d) {  // MUFU.RCP, ~1 ulp
   float r;
   asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(d));
+  return r;
+}
+__device__ __forceinline__ float refined_rcp(float d) {
+  const float r = approx_rcp(d);
   return fmaf(r, fmaf(-d, r, 1.0f), r);
 }
 __device__ __forceinline__ float divide_by(float n, float d, float r) {
@@ -181,7 +185,7 @@ __device__ __forceinline__ float min_keep_nan(float a, float b) {
 // denominator stays in [1, 2], where rcp.approx needs no range check. t = 2^h * e^-d with
 // h = -|x| log2(e) rounded and d = |x| + h ln2 (one FMA, |d| <= 2^-17) for the part the rounding of
 // h lost: ex2.approx of h and one FMA for e^-d ~ 1 - d. 11 instructions against 16 for expf and an
-// IEEE-exact division; error <= ~3 ulp (ex2.approx 2, rcp.approx 1), subnormal results kept
+// IEEE-exact division; error <= 4.4 ulp measured (bench/NOTES.md v7.3), subnormal results kept
 // (ex2.approx without .ftz). |x| is capped at 128 (sigmoid is already 0 or 1 there) so that d stays
 // finite at +-inf; NaN stays NaN (the cap keeps it; x >= 0 is false, and t is NaN).
 __device__ __forceinline__ float sigmoidf(float x) {
@@ -191,8 +195,7 @@ __device__ __forceinline__ float sigmoidf(float x) {
   float t;
   asm("ex2.approx.f32 %0, %1;" : "=f"(t) : "f"(h));
   t = fmaf(t, -d, t);
-  float r;
-  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(1.0f + t));
+  const float r = approx_rcp(1.0f + t);
   return x >= 0.0f ? r : t * r;
 }
 // softplus(x) = x above 20, where log1p(exp(x)) == x in fp32 anyway and exp would overflow later.
