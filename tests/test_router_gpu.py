@@ -1047,6 +1047,35 @@ def test_router_ties_nan_and_signed_zeros(E, K, groups, score, dtype, with_bias,
             assert not nan_at[row, order[row]].any(), f"{where}: a NaN expert was picked"
 
 
+# Group layouts of team rows (E <= 512), whose group stage counts for each group the groups that
+# beat it (L lanes per group share the count) or, with many small groups per team, runs Kg rounds:
+# fewer groups per chunk sweep than lanes per group (E = 512, G = 8), as many (E = 256 on 16 lanes),
+# more (E = 128), and the rounds (E = 64 with G = 8, E = 256 with G = 32). T = 37 and 20000 take one
+# and two chunks per lane at 128 < E <= 256. Rows: tie_rows tiled (groups that are exact copies,
+# some lifted: compared strictly), and random grid rows (softmax-post: group sums of grid logits are
+# exact, so strictly too; sigmoid sums may near-tie, judged as everywhere else).
+# (Kg >= 2 everywhere: with Kg = 1, K = 2, a tie row of one finite logit per group selects one
+# nonzero score, whose gradient is all cancellation, TE's formula in f32 as in float64.)
+TEAM_GROUP_LAYOUTS = [(64, 8, (8, 4)), (128, 8, (8, 4)), (128, 4, (4, 2)), (256, 8, (8, 4)),
+                      (256, 4, (4, 2)), (256, 8, (32, 4)), (512, 8, (8, 4)), (512, 16, (16, 8))]
+
+
+@pytest.mark.parametrize("T", [37, 20000])
+@pytest.mark.parametrize("score", ["sigmoid", "softmax_post"])
+@pytest.mark.parametrize("E, K, groups", TEAM_GROUP_LAYOUTS,
+                         ids=[f"E{e}-K{k}-G{g[0]}x{g[1]}" for e, k, g in TEAM_GROUP_LAYOUTS])
+def test_router_team_group_layouts(E, K, groups, score, T, rng):
+    assert groups_valid(E, K, groups)
+    dtype = "float32" if T == 37 else "bfloat16"
+    ties, _ = tie_rows(E, K, groups, rng)
+    ties = ties[~np.isnan(ties).any(axis=1)]  # NaN rows are the tie test's; here: the group order
+    tiled = np.tile(ties, (T // len(ties) + 1, 1))[:T]
+    case = Case(T, E, K, score, dtype, groups, 1.0, None, "indices", "int32")
+    run_router_case(case, rng, logits=rounded(tiled, dtype), strict=True)
+    grid = _grid(rng, (T, E), -4, 4)
+    run_router_case(case, rng, logits=rounded(grid, dtype), strict=score == "softmax_post")
+
+
 # Near ties a few ulps apart, in shuffled positions. Team rows pack the f32 keys of sigmoid /
 # sqrtsoftplus with the index in their low 8-10 bits (buckets of 256-1024 ulps) and redo a row with
 # the full keys where two keys the rounds compared agree above those bits; the other paths compare

@@ -48,6 +48,14 @@ __host__ __device__ __forceinline__ uint32_t order_key(float f) {
   const uint32_t flip = (uint32_t)((int32_t)u >> 31) | 0x80000000u;  // negative: all bits; else the sign
   return canonical != canonical ? kNanKey : (u ^ flip);
 }
+// order_key of a value that is never -0.0: the scores of sigmoid, sqrtsoftplus and softmax-pre are
+// +0 or more (or NaN), and so is score + bias (a sum is -0 only when both terms are). One
+// instruction less per key: no canonicalizing add.
+__device__ __forceinline__ uint32_t order_key_no_neg_zero(float f) {
+  const uint32_t u = __float_as_uint(f);
+  const uint32_t flip = (uint32_t)((int32_t)u >> 31) | 0x80000000u;
+  return f != f ? kNanKey : (u ^ flip);
+}
 __device__ __forceinline__ float key_value(uint32_t k) {
   if (k <= kNanKey) return __uint_as_float(0x7fc00000u);
   return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);

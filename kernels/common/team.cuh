@@ -63,6 +63,10 @@ struct LaneTeam {
   }
   static __device__ __forceinline__ uint32_t max(uint32_t v) { return extreme<true>(v); }
   static __device__ __forceinline__ uint32_t min(uint32_t v) { return extreme<false>(v); }
+  // `v` of the team's lane `rank`, to every lane of the team.
+  static __device__ __forceinline__ uint32_t broadcast(uint32_t v, int rank) {
+    return __shfl_sync(kFullMask, v, rank, LANES);
+  }
   static __device__ __forceinline__ float maxf(float v) {
 #pragma unroll
     for (int o = LANES / 2; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(kFullMask, v, o));

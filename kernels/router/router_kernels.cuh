@@ -298,12 +298,16 @@ __device__ __forceinline__ void top_at_or_below(const uint32_t (&key)[N], uint32
 // round(r) for r in [0, K), in spans of SPAN rounds with flush(r0, rn) after each span: what is
 // done once per span (the index stores of the lanes that kept one winner each) stays out of the
 // rounds, which then carry no store test and no branch for it.
-template <int SPAN, class Round, class Flush>
+// UNROLL: rounds per loop trip. 2 on whole-warp FULL rows of 2 chunks with packed keys (e512k22 bf16
+// 0.99x, f32 0.99-1.00x; the registers did not cross an occupancy step); elsewhere the unrolled
+// loop took 4-14 more registers or spilled, and on wide rows it lost (e2304k36 bf16 1.06-1.08x,
+// bench/NOTES.md v7.5).
+template <int SPAN, int UNROLL = 1, class Round, class Flush>
 __device__ __forceinline__ void rounds_in_spans(int K, Round round, Flush flush) {
 #pragma unroll 1
   for (int r0 = 0; r0 < K; r0 += SPAN) {
     const int rn = min(K, r0 + SPAN);
-#pragma unroll 1
+#pragma unroll UNROLL
     for (int r = r0; r < rn; ++r) round(r);
     flush(r0, rn);
   }
@@ -321,7 +325,8 @@ struct NoFlush {
 // rare, and a round costs a few instructions where min_below costs one subtract-and-min per key.
 // record(r, winner) runs in every lane, flush(r0, rn) after every Team::kLanes rounds
 // (rounds_in_spans). Returns the K-th winner.
-template <int L, class Team = LaneTeam<32>, bool kShiftBySelect = false, int N, class Record, class Flush = NoFlush>
+template <int L, class Team = LaneTeam<32>, bool kShiftBySelect = false, int kUnroll = 1, int N, class Record,
+          class Flush = NoFlush>
 __device__ __forceinline__ uint32_t list_rounds(const uint32_t (&key)[N], int K, Record record, Flush flush = {}) {
   uint32_t list[L];
   top_at_or_below(key, 0xffffffffu, list);
@@ -345,7 +350,7 @@ __device__ __forceinline__ uint32_t list_rounds(const uint32_t (&key)[N], int K,
 #pragma unroll 1
     for (int r = 0; r < K; ++r) round(r);
   } else {
-    rounds_in_spans<Team::kLanes>(K, round, flush);
+    rounds_in_spans<Team::kLanes, kUnroll>(K, round, flush);
   }
   return m;
 }
@@ -1091,7 +1096,7 @@ __global__ void __launch_bounds__(128, team_min_blocks(KIND, LANES)) forward_tea
 #pragma unroll
       for (int v = 0; v < kTeamVec; ++v) {
         const int p = c * kTeamVec + v;
-        key[p] = in_row(elem(p)) ? order_key(kPost ? score(p) : score(p) + b[v]) : kAbsentKey;
+        key[p] = in_row(elem(p)) ? (kPost ? order_key(score(p)) : order_key_no_neg_zero(score(p) + b[v])) : kAbsentKey;
       }
     }
   };
@@ -1114,18 +1119,58 @@ __global__ void __launch_bounds__(128, team_min_blocks(KIND, LANES)) forward_tea
       group[c] = (uint32_t)(c * LANES + t) >> group_shift;
     }
     chosen = 0;
+    // A group is kept when fewer than Kg groups beat it (a larger key, or an equal key and a lower
+    // index): the choice of Kg rounds of "best group left", without their serial chain of team
+    // reductions. Lane i of a group compares the group's keys with those of groups i, i + L, ... of
+    // each sweep (L lanes per group), read off those groups' first lanes; a butterfly over the
+    // group's L lanes adds the counts up. DeepSeek-V3 (E = 256, 8 groups) on 16 lanes: 2 shuffles,
+    // 4 compares and 2 butterfly steps against 4 rounds of 2 team reductions (e256k8g8 0.91x at
+    // T = 65536, bench/NOTES.md v7.5). Many small groups per team (L = 1 or 2) keep the rounds.
+    const int sweep_groups = LANES >> group_shift;  // groups per chunk sweep
+    const int passes = sweep_groups >> group_shift;  // sweep_groups / L; one pass also where it is 0
+    constexpr int kMaxPasses = 4 / CHUNKS;
+    if (passes <= kMaxPasses) {
+      const uint32_t my_place = (uint32_t)t >> group_shift;  // my groups' place in their sweeps
+      const int i = t & (lanes_per_group - 1);
+      uint32_t beaten = 0;  // chunk c's count in bits [8c, 8c + 8)
+#pragma unroll
+      for (int q = 0; q < kMaxPasses; ++q) {
+        if (q > 0 && q >= passes) break;  // uniform
+        const int j = q * lanes_per_group + i;  // compared with the groups at place j
+        const bool real = j < sweep_groups;
+#pragma unroll
+        for (int c2 = 0; c2 < CHUNKS; ++c2) {
+          const uint32_t k = Team::broadcast(gkey[c2], (real ? j : 0) << group_shift);  // group c2 * sweep_groups + j
+#pragma unroll
+          for (int c = 0; c < CHUNKS; ++c) {
+            // On an equal key the lower index wins: an earlier sweep's group always, a later
+            // one's never. Keys are at most order_key(+inf), so k + 1 does not wrap.
+            const uint32_t lower = c2 < c ? 1u : c2 > c ? 0u : (uint32_t)((uint32_t)j < my_place);
+            beaten += (uint32_t)(real && k + lower > gkey[c]) << (8 * c);
+          }
+        }
+      }
+#pragma unroll
+      for (int o = 1; o < 32; o <<= 1) {
+        if (o >= lanes_per_group) break;  // uniform
+        beaten += __shfl_xor_sync(kFullMask, beaten, o);
+      }
+#pragma unroll
+      for (int c = 0; c < CHUNKS; ++c) chosen |= (uint32_t)(((beaten >> (8 * c)) & 0xffu) < (uint32_t)a.Kg) << c;
+    } else {
 #pragma unroll 1
-    for (int r = 0; r < a.Kg; ++r) {
-      uint32_t m = kAbsentKey;
+      for (int r = 0; r < a.Kg; ++r) {
+        uint32_t m = kAbsentKey;
 #pragma unroll
-      for (int c = 0; c < CHUNKS; ++c) m = (chosen >> c) & 1 ? m : max(m, gkey[c]);
-      m = Team::max(m);
-      uint32_t g = 0xffffffffu;  // lowest group index holding the maximum
+        for (int c = 0; c < CHUNKS; ++c) m = (chosen >> c) & 1 ? m : max(m, gkey[c]);
+        m = Team::max(m);
+        uint32_t g = 0xffffffffu;  // lowest group index holding the maximum
 #pragma unroll
-      for (int c = CHUNKS - 1; c >= 0; --c) g = !((chosen >> c) & 1) && gkey[c] == m ? group[c] : g;
-      g = Team::min(g);
+        for (int c = CHUNKS - 1; c >= 0; --c) g = !((chosen >> c) & 1) && gkey[c] == m ? group[c] : g;
+        g = Team::min(g);
 #pragma unroll
-      for (int c = 0; c < CHUNKS; ++c) chosen |= (uint32_t)(group[c] == g) << c;
+        for (int c = 0; c < CHUNKS; ++c) chosen |= (uint32_t)(group[c] == g) << c;
+      }
     }
     mask_groups();
   }
@@ -1204,7 +1249,8 @@ __global__ void __launch_bounds__(128, team_min_blocks(KIND, LANES)) forward_tea
     constexpr bool kLists = LANES == 32 || (LANES == 16 && APPROX);
     if constexpr (kLists) {
       if (LANES == 32 || a.K <= LANES)
-        list_rounds<kTeamList, Team>(key, a.K, [&](int r, uint32_t m) { record(r, m, kPack - (m & kPack)); }, flush);
+        list_rounds<kTeamList, Team, false, (PACKED || PACKED_F32) && LANES == 32 && CHUNKS == 2 && FULL ? 2 : 1>(
+            key, a.K, [&](int r, uint32_t m) { record(r, m, kPack - (m & kPack)); }, flush);
       else
         min_below_rounds();
     } else {
