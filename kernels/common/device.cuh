@@ -39,23 +39,18 @@ __host__ __device__ __forceinline__ uint32_t float_bits(float f) {
   return u;
 #endif
 }
-// Branch-free (it runs once per element): adding +0.0 turns -0.0 into +0.0 and changes nothing else
-// (no flush to zero here), an arithmetic shift of the sign gives the flip mask. Host-callable so
-// that dev/order_key_check.cu can compare it with the definition over all 2^32 inputs.
-__host__ __device__ __forceinline__ uint32_t order_key(float f) {
-  const float canonical = f + 0.0f;
-  const uint32_t u = float_bits(canonical);
+// Branch-free (it runs once per element): an arithmetic shift of the sign gives the flip mask.
+// order_key_no_neg_zero is for values that are never -0.0: the scores of sigmoid, sqrtsoftplus and
+// softmax-pre are +0 or more (or NaN), and so is score + bias (a sum is -0 only when both terms
+// are). order_key first adds +0.0, which turns -0.0 into +0.0 and changes nothing else (no flush to
+// zero here): one instruction more per key. Host-callable so that dev/order_key_check.cu can compare
+// order_key with the definition over all 2^32 inputs.
+__host__ __device__ __forceinline__ uint32_t order_key_no_neg_zero(float f) {
+  const uint32_t u = float_bits(f);
   const uint32_t flip = (uint32_t)((int32_t)u >> 31) | 0x80000000u;  // negative: all bits; else the sign
-  return canonical != canonical ? kNanKey : (u ^ flip);
-}
-// order_key of a value that is never -0.0: the scores of sigmoid, sqrtsoftplus and softmax-pre are
-// +0 or more (or NaN), and so is score + bias (a sum is -0 only when both terms are). One
-// instruction less per key: no canonicalizing add.
-__device__ __forceinline__ uint32_t order_key_no_neg_zero(float f) {
-  const uint32_t u = __float_as_uint(f);
-  const uint32_t flip = (uint32_t)((int32_t)u >> 31) | 0x80000000u;
   return f != f ? kNanKey : (u ^ flip);
 }
+__host__ __device__ __forceinline__ uint32_t order_key(float f) { return order_key_no_neg_zero(f + 0.0f); }
 __device__ __forceinline__ float key_value(uint32_t k) {
   if (k <= kNanKey) return __uint_as_float(0x7fc00000u);
   return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
