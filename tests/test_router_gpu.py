@@ -795,6 +795,10 @@ ODD_E_CASES = [
     Case(300, 257, 8, "softmax_post", "float32", map_format="indices"),
     Case(7, 257, 22, "sigmoid", "float16", map_format="bitmap"),
     Case(1, 257, 1, "sqrtsoftplus", "bfloat16", bias_dtype="bfloat16", map_format="bytemap"),
+    # wide rows without vector access (E % 8 != 0): f32 with its boundary and rank fix-ups, K = 64
+    Case(300, 1001, 22, "softmax_post", "float32", map_format="bitmap"),
+    Case(7, 2551, 64, "softmax_post", "bfloat16", map_format="bytemap"),
+    Case(64, 2303, 64, "softmax_post", "float32", map_format="indices", index_dtype="int64"),
     Case(300, 1000, 32, "sigmoid", "float32", GROUPS, 1.2, "float32", "bitmap"),
     Case(7, 1000, 8, "softmax_pre", "float16", GROUPS, map_format="indices"),
     Case(300, 1000, 1, "softmax_post", "bfloat16", map_format="bytemap"),
@@ -833,6 +837,8 @@ MISALIGNED_CASES = [
     Case(300, 128, 8, "softmax_post", "bfloat16", map_format="bytemap"),  # warp rows (cp.async when aligned)
     Case(300, 256, 8, "sigmoid", "float32", GROUPS, 2.5, "float32", "bitmap"),
     Case(64, 2304, 36, "softmax_pre", "float16", map_format="indices", index_dtype="int64"),  # block rows
+    Case(64, 2304, 36, "softmax_post", "float32", map_format="bytemap"),  # wide rows, scalar access
+    Case(64, 1536, 48, "softmax_post", "bfloat16", map_format="bitmap"),
 ]
 
 
@@ -1082,7 +1088,7 @@ def test_router_team_group_layouts(E, K, groups, score, T, rng):
 # full keys. Keys here are exact in f32 and float64 alike, so the comparison is strict:
 # softmax-post: the key is the logit itself; sigmoid + bias: y is 0.5 (x = 0) or 0 (x = -inf) and
 # the bias a ladder in [1, 1.5), so y + b is exact in f32.
-NEAR_TIE_SHAPES = [(128, 16), (100, 6), (256, 8), (512, 8), (512, 10), (2304, 36)]
+NEAR_TIE_SHAPES = [(128, 16), (100, 6), (256, 8), (512, 8), (512, 10), (2304, 36), (1000, 22), (2560, 64)]
 NEAR_TIE_STEPS = ("consecutive", "few_ulps", "spread", "same_low_bits")
 
 

@@ -103,18 +103,24 @@ __device__ __forceinline__ void load_chunk(const T* __restrict__ p, int64_t i, i
   }
 }
 
+// store_chunk's vector path alone: [i, i + VEC) is in range and the row allows vector access.
+template <typename T, int VEC>
+__device__ __forceinline__ void store_chunk_vec(T* __restrict__ p, int64_t i, const float (&in)[VEC]) {
+  using C = Chunk<T, VEC>;
+#pragma unroll
+  for (int k = 0; k < VEC / C::kPer; ++k) {
+    typename C::Piece raw;
+    T* e = reinterpret_cast<T*>(&raw);
+#pragma unroll
+    for (int v = 0; v < C::kPer; ++v) e[v] = from_float<T>(in[k * C::kPer + v]);
+    *reinterpret_cast<typename C::Piece*>(p + i + k * C::kPer) = raw;
+  }
+}
+
 template <typename T, int VEC>
 __device__ __forceinline__ void store_chunk(T* __restrict__ p, int64_t i, int64_t n, bool vec, const float (&in)[VEC]) {
-  using C = Chunk<T, VEC>;
   if (vec && i + VEC <= n) {
-#pragma unroll
-    for (int k = 0; k < VEC / C::kPer; ++k) {
-      typename C::Piece raw;
-      T* e = reinterpret_cast<T*>(&raw);
-#pragma unroll
-      for (int v = 0; v < C::kPer; ++v) e[v] = from_float<T>(in[k * C::kPer + v]);
-      *reinterpret_cast<typename C::Piece*>(p + i + k * C::kPer) = raw;
-    }
+    store_chunk_vec<T, VEC>(p, i, in);
   } else {
 #pragma unroll
     for (int v = 0; v < VEC; ++v)

@@ -124,17 +124,16 @@ int choose_team_lanes(const ForwardArgs& a) {
 }
 
 // Wide rows (forward_wide_packed_kernel, forward_wide_f32_kernel): softmax-post without groups,
-// 512 < E <= 2560, K up to this bound (at most kWideMaxK). From bench/router_crossover.py "wide"
-// (H100, bench/NOTES.md v4 and v5), against warp and block rows (iterative, radix, filtered):
-// 16-bit logits won up to K = 64 at E = 1024 (T = 65536: 420 us against radix 620) and up to K = 48
-// at E = 2304 (823 against 968; radix at 64: 959 against 989). f32 logits won up to K = 48 at
-// E = 1024 (T = 8192 and 65536); at E = 2304 up to K = 22 at T = 8192 (110 against radix 128; K = 36:
-// 138 against 130) and up to K = 36 at T = 65536 (877 against 993; K = 48: 1029 against 995).
-// MOEKIT_ROUTER_WIDE_MAX_K forces one bound for all; 0 turns wide rows off.
-int wide_max_k(int E, int64_t T, bool f32) {
+// 512 < E <= 2560, K up to this bound (at most kWideMaxK). Since v7.6 they win at every K up to
+// kWideMaxK = 64, both dtypes, against warp and block rows (iterative, radix, filtered); from
+// bench/router_crossover.py "wide" (H200, bench/NOTES.md v7.6), f32 at T = 8192: E = 1024, K = 64
+// 44.3 us against radix 72.0; E = 2304, K = 64 85.3 against 127.0 (K = 36: 76.6 against 127.7);
+// T = 65536: E = 2304, K = 64 583.2 against 975.9. bf16 at T = 65536: E = 1024, K = 64 277.6 against
+// 677.2 (radix); E = 2304, K = 64 464.2 against 995.8. (Before v7.6, f32 at E = 2304 lost to radix
+// above K = 22 at T = 8192.) MOEKIT_ROUTER_WIDE_MAX_K forces a lower bound; 0 turns wide rows off.
+int wide_max_k() {
   static const int forced = env_int("MOEKIT_ROUTER_WIDE_MAX_K", -1);
-  const int measured = E <= 1024 ? (f32 ? 48 : 64) : !f32 ? 48 : T >= 32768 ? 36 : 22;
-  return std::min(forced >= 0 ? forced : measured, kWideMaxK);
+  return forced >= 0 ? std::min(forced, kWideMaxK) : kWideMaxK;
 }
 // f32 softmax-post on wide rows (keys packed with a check and an exact fallback); 0 turns them off.
 int wide_f32() {
@@ -144,7 +143,7 @@ int wide_f32() {
 // Chunks per lane of a wide row for this call, or 0 where they do not apply.
 int choose_wide_chunks(const ForwardArgs& a, moekit_dtype_t logits_dtype) {
   const bool f32 = logits_dtype == MOEKIT_DTYPE_F32 && a.mode == kSoftmaxPost && wide_f32() != 0;
-  if (!(a.packed || f32) || a.G > 0 || a.E <= kTeamMaxExperts || a.K > wide_max_k(a.E, a.T, f32)) return 0;
+  if (!(a.packed || f32) || a.G > 0 || a.E <= kTeamMaxExperts || a.K > wide_max_k()) return 0;
   const int chunks = (a.E + 32 * kTeamVec - 1) / (32 * kTeamVec);
   return chunks <= kWideMaxChunks ? chunks : 0;
 }

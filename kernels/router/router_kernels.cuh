@@ -511,6 +511,26 @@ __device__ __forceinline__ void store_bitmap_chunk(uint8_t* row_bits, int e0, in
   }
 }
 
+// The 8 bits of a chunk (LSB first) as 8 bytes of 0 / 1: bit i of a nibble lands at bit 8i of the
+// product with 0x204081 (= 1 + 2^7 + 2^14 + 2^21; no other bit reaches those places).
+__device__ __forceinline__ uint2 bits_to_bytes(uint32_t bits) {
+  return make_uint2(((bits & 0xfu) * 0x204081u) & 0x01010101u, ((bits >> 4) * 0x204081u) & 0x01010101u);
+}
+
+// store_forward_chunk for a whole chunk of 8 (kTeamVec) with vector access (E % 8 == 0, 16-byte aligned
+// buffers): no bounds tests, and the map's bytes come from the bits (bits_to_bytes). The general
+// path took ~100 instructions per chunk on e512k22's team rows (bench/NOTES.md v7.6).
+template <typename T>
+__device__ __forceinline__ void store_forward_chunk_vec(const ForwardArgs& a, int E, int64_t row, int e0,
+                                                        bool intermediate, const float (&pr)[8],
+                                                        const float (&im)[8], uint32_t bits) {
+  const int64_t off = row * (int64_t)E + e0;
+  store_chunk_vec<T, 8>(static_cast<T*>(a.probs), off, pr);
+  if (intermediate) store_chunk_vec<float, 8>(a.intermediate, off, im);
+  if (a.map_kind == kMapBytes) *reinterpret_cast<uint2*>(a.map + off) = bits_to_bytes(bits);
+  else if (a.map_kind == kMapBits) a.map[row * (int64_t)(E / 8) + e0 / 8] = (uint8_t)bits;
+}
+
 // Stores one chunk of a row's forward outputs: probs, the softmax-post intermediate (when
 // `intermediate`), and the routing map as bytes or bits, as ForwardArgs says. E is a.E (a
 // compile-time constant where the caller knows it).
@@ -1336,7 +1356,10 @@ __global__ void __launch_bounds__(128, team_min_blocks(KIND, LANES)) forward_tea
       im[v] = on ? w[c * kTeamVec + v] : -INFINITY;
       mb[v] = on;
     }
-    store_forward_chunk<T, kTeamVec>(a, E, row, e0, vec, mode == kSoftmaxPost, pr, im, mb, bits);
+    // FULL rows only: in the others (vector access or not) the second path cost registers, and
+    // spills where the 48-register cap holds (32-lane packed rows)
+    if constexpr (FULL) store_forward_chunk_vec<T>(a, E, row, e0, mode == kSoftmaxPost, pr, im, bits);
+    else store_forward_chunk<T, kTeamVec>(a, E, row, e0, vec, mode == kSoftmaxPost, pr, im, mb, bits);
   }
 }
 
@@ -1345,7 +1368,7 @@ __global__ void __launch_bounds__(128, team_min_blocks(KIND, LANES)) forward_tea
 // and only index-packed keys in registers (8 * CHUNKS). Rounds keep a short list of the lane's
 // largest keys (list_rounds), and the lane that keeps a winner writes its weight last.
 // 16-bit logits pack without loss (forward_wide_packed_kernel): the values come back from the keys
-// (packed_key_value), and every lane adds each winner's exp to the softmax sum as it is found. f32
+// (packed_key_value), and the lane that keeps a winner takes its exp once, after the rounds. f32
 // logits pack with a check (forward_wide_f32_kernel, which adds the check, a rank pass and the
 // exact fallback).
 // Block rows (forward_block_kernel) ran e2304k36 at ~48% of the copy ceiling in bf16 (NOTES v3).
@@ -1358,7 +1381,9 @@ constexpr int kWideList = 4;  // list_rounds: ~1 refill per row at K = 36 (36 / 
 // every chunk's 16-byte pieces are loaded first, as independent predicated loads, and converted
 // after: written as load-then-convert per chunk, nvcc 13's schedule for the same source changed with
 // unrelated edits (ForwardArgs' fields), between all loads in flight (127 registers, e2304k36 bf16
-// 563 us) and one chunk's at a time (102, 700 us).
+// 563 us) and one chunk's at a time (102, 700 us). Only the last chunk can be absent (CHUNKS is
+// E / 256 rounded up), and a whole chunk needs no bounds test per key: the index goes in with one
+// add (the masked key's low bits are 0), where `e >= E` and an OR took 4-5 of ~13 instructions.
 template <typename T, int CHUNKS, uint32_t MASK>
 __device__ __forceinline__ void wide_row_keys(const T* __restrict__ x, int E, bool vec, int lane,
                                               uint32_t (&key)[CHUNKS * kTeamVec]) {
@@ -1376,12 +1401,17 @@ __device__ __forceinline__ void wide_row_keys(const T* __restrict__ x, int E, bo
 #pragma unroll
       for (int k = 0; k < kPieces; ++k) raw[c][k] = e0 < E ? src[k] : make_uint4(0u, 0u, 0u, 0u);
     }
+    const uint32_t lane_index = MASK - (uint32_t)(lane * kTeamVec);  // MASK - index of the lane's first key
+    const bool last_present = ((CHUNKS - 1) * 32 + lane) * kTeamVec < E;
 #pragma unroll
     for (int c = 0; c < CHUNKS; ++c) {
-      const int e0 = (c * 32 + lane) * kTeamVec;
       const T* values = reinterpret_cast<const T*>(raw[c]);
 #pragma unroll
-      for (int v = 0; v < kTeamVec; ++v) key[c * kTeamVec + v] = pack(to_float(values[v]), e0 + v);
+      for (int v = 0; v < kTeamVec; ++v) {
+        const uint32_t k = order_key(to_float(values[v]));
+        const uint32_t packed = MASK != 0u ? (k & ~MASK) + (lane_index - (uint32_t)(c * 32 * kTeamVec + v)) : k;
+        key[c * kTeamVec + v] = c + 1 < CHUNKS || last_present ? packed : kAbsentKey;
+      }
     }
   } else {
 #pragma unroll
@@ -1395,36 +1425,60 @@ __device__ __forceinline__ void wide_row_keys(const T* __restrict__ x, int E, bo
   }
 }
 
-// A wide row's map, and 0 / -inf everywhere in probs / intermediate (keys at or above `last` are
-// selected; padding keys are 0, below every real key). The lanes holding the winners then write
+// A wide row's map, and 0 / -inf everywhere in probs / intermediate; selected(p) says whether the
+// lane's key at place p is selected. The lanes holding the winners then write
 // their weights over those: one exp per winner, where a weight per element computed and selected
-// would cost ~12 instructions for each of the row's E elements.
-template <typename T, int CHUNKS>
-__device__ __forceinline__ void wide_row_map(const ForwardArgs& a, int64_t row, bool vec, int lane,
-                                             const uint32_t (&key)[CHUNKS * kTeamVec], uint32_t last) {
-  auto store = [&](auto vec_access) {  // one version per access width (see wide_row_keys)
+// would cost ~12 instructions for each of the row's E elements. With vector access every chunk is
+// whole or absent, and each output's pointer is set once per row: store_forward_chunk's bounds
+// tests, 64-bit offsets and map-kind branches took ~78 instructions per chunk (v7.6: ~30).
+template <typename T, int CHUNKS, class Selected>
+__device__ __forceinline__ void wide_row_map(const ForwardArgs& a, int64_t row, bool vec, int lane, Selected selected) {
+  const int E = a.E;
+  if (vec) {
+    constexpr int kChunkStride = 32 * kTeamVec;  // elements from a lane's chunk to its next
+    const int64_t off = row * (int64_t)E + lane * kTeamVec;
+    T* probs = static_cast<T*>(a.probs) + off;
+    float* inter = a.intermediate + off;
+    const int map_kind = a.map_kind;
+    uint8_t* map = map_kind == kMapBytes ? a.map + off
+                   : map_kind == kMapBits ? a.map + row * (int64_t)(E / 8) + lane
+                                          : nullptr;
+    const uint4 zeros = make_uint4(0u, 0u, 0u, 0u);
+    const uint32_t ninf = __float_as_uint(-INFINITY);
+    const uint4 neg_inf = make_uint4(ninf, ninf, ninf, ninf);
 #pragma unroll
     for (int c = 0; c < CHUNKS; ++c) {
-      const int e0 = (c * 32 + lane) * kTeamVec;
-      if (e0 >= a.E) continue;
-      float pr[kTeamVec], im[kTeamVec];
-      uint8_t mb[kTeamVec];
+      if ((c * 32 + lane) * kTeamVec >= E) break;  // later chunks are past E too
       uint32_t bits = 0;
 #pragma unroll
-      for (int v = 0; v < kTeamVec; ++v) {
-        const bool on = key[c * kTeamVec + v] >= last;
-        pr[v] = 0.0f;
-        im[v] = -INFINITY;
-        mb[v] = on;
-        bits |= (uint32_t)on << v;
-      }
-      store_forward_chunk<T, kTeamVec>(a, a.E, row, e0, decltype(vec_access)::value, true, pr, im, mb, bits);
+      for (int v = 0; v < kTeamVec; ++v) bits |= (uint32_t)selected(c * kTeamVec + v) << v;
+#pragma unroll
+      for (int k = 0; k < kTeamVec * (int)sizeof(T) / 16; ++k)
+        reinterpret_cast<uint4*>(probs + c * kChunkStride)[k] = zeros;
+      reinterpret_cast<uint4*>(inter + c * kChunkStride)[0] = neg_inf;
+      reinterpret_cast<uint4*>(inter + c * kChunkStride)[1] = neg_inf;
+      if (map_kind == kMapBytes) *reinterpret_cast<uint2*>(map + c * kChunkStride) = bits_to_bytes(bits);
+      else if (map_kind == kMapBits) map[c * 32] = (uint8_t)bits;
     }
-  };
-  if (vec)
-    store(std::true_type{});
-  else
-    store(std::false_type{});
+    return;
+  }
+#pragma unroll
+  for (int c = 0; c < CHUNKS; ++c) {
+    const int e0 = (c * 32 + lane) * kTeamVec;
+    if (e0 >= E) continue;
+    float pr[kTeamVec], im[kTeamVec];
+    uint8_t mb[kTeamVec];
+    uint32_t bits = 0;
+#pragma unroll
+    for (int v = 0; v < kTeamVec; ++v) {
+      const bool on = selected(c * kTeamVec + v);
+      pr[v] = 0.0f;
+      im[v] = -INFINITY;
+      mb[v] = on;
+      bits |= (uint32_t)on << v;
+    }
+    store_forward_chunk<T, kTeamVec>(a, E, row, e0, false, true, pr, im, mb, bits);
+  }
 }
 
 template <typename T, int CHUNKS>
@@ -1445,41 +1499,147 @@ __global__ void __launch_bounds__(128) forward_wide_packed_kernel(ForwardArgs a)
               : a.idx64           ? (void*)(static_cast<int64_t*>(a.indices) + row * a.K)
                                   : (void*)(static_cast<int32_t*>(a.indices) + row * a.K);
   uint32_t held[2] = {0u, 0u};  // lane r % 32 keeps the key of round r's winner (K <= kWideMaxK)
-  float mx = 0.0f, z = 0.0f;     // the softmax over the winners: their maximum (the first) and sum
   const uint32_t last = list_rounds<kWideList, LaneTeam<32>, true>(key, a.K, [&](int r, uint32_t m) {
-    const float v = packed_key_value<kMask>(m);
-    mx = r == 0 ? v : mx;
-    z += expf(v - mx);
     held[0] = lane == r % 32 && r < 32 ? m : held[0];
     held[1] = lane == r % 32 && r >= 32 ? m : held[1];
   }, [&](int r0, int rn) {  // after every 32 rounds
     if (out != nullptr && lane < rn - r0)
       put_index(out, a.idx64 != 0, r0 + lane, kMask - ((r0 < 32 ? held[0] : held[1]) & kMask));
   });
-  const float inv = 1.0f / z;
+  // The softmax over the winners, one exp per winner in the lane that holds it: summed in the
+  // rounds, each lane took every winner's exp (~17 of a round's ~38 instructions, v7.6).
+  const float mx = packed_key_value<kMask>(__shfl_sync(kFullMask, held[0], 0));  // round 0's winner
+  float num[2], part = 0.0f;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    num[h] = held[h] != 0u ? expf(packed_key_value<kMask>(held[h]) - mx) : 0.0f;
+    part += num[h];
+  }
+  const float inv = 1.0f / warp_sum(part);
 
-  wide_row_map<T, CHUNKS>(a, row, vec, lane, key, last);
+  wide_row_map<T, CHUNKS>(a, row, vec, lane, [&](int p) { return key[p] >= last; });  // padding keys are 0
   __syncwarp();  // orders the lanes' stores above before the winners' stores below
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     if (held[h] == 0u) continue;
     const uint32_t e = kMask - (held[h] & kMask);
-    const float w = expf(packed_key_value<kMask>(held[h]) - mx) * inv;
+    const float w = num[h] * inv;
     static_cast<T*>(a.probs)[off + e] = from_float<T>(w * a.scale);
     a.intermediate[off + e] = w;
   }
 }
 
-// f32 wide rows: keys keep their upper 20 bits, the low 12 holding (0xfff - index). The selected set
-// is then exact unless the last winner shares its upper bits with a key below it (5% of rows of
-// N(0, 4) logits at E = 2304, K = 36, 1.3% of N(0, 1) at E = 1024, K = 22, in a NumPy model of
-// this kernel's selection): such rows run clearing rounds on the full keys. Otherwise the winners
-// came in the right order except among those sharing upper bits, which came by index: each
-// winner's full key is read back (one load per winner) and its rank counted against the other
-// winners (K shuffles).
+// f32 wide rows: keys keep their upper 20 bits, the low 12 holding (0xfff - index). The rounds then
+// take the K largest by (upper bits desc, index asc), and two fix-ups make that exact:
+// - the boundary: where keys below the last winner share its upper bits (5% of rows of N(0, 4)
+//   logits at E = 2304, K = 36, 1.3% of N(0, 1) at E = 1024, K = 22, in a NumPy model of this
+//   kernel's selection), the winners from that group are chosen again by full key
+//   (wide_f32_fix_boundary). v7.5 ran K clearing rounds on the full keys there: 4.2% of the rows of
+//   e2304k36 took 11% of the kernel's instructions.
+// - the order: winners sharing upper bits came by index; each winner's full key is read back (one
+//   load per winner) and compared with its neighbours in the same run (wide_f32_ranks). v7.5
+//   compared every winner with all K (21 instructions per winner per row).
+constexpr uint32_t kWideF32Mask = 0xfffu;
+
+// The boundary group: keys whose upper bits are `upper` (the last winner's). Those above it are all
+// selected; the rest of the K come from the group in order of (full key desc, index asc), which is
+// the order of fine_key below (the group shares the upper bits, so the full keys differ in the low
+// 12 only). Rounds above + i are rewritten with the group's winners in that order; `members` and
+// `picked` mark the lane's group keys and those now selected, by place (bit p % 32 of word p / 32).
+// Members (most often none or one per lane) are visited through those masks: a loop over all keys
+// with a load each took 96 registers where the kernel needs 64-80 (CHUNKS = 4..6), and rewriting
+// the keys in place (selected or absent) took 27 more at CHUNKS = 9.
+template <int CHUNKS>
+__device__ __forceinline__ void wide_f32_fix_boundary(const float* __restrict__ x, int lane, int K, uint32_t upper,
+                                                      const uint32_t (&key)[CHUNKS * kTeamVec], uint32_t (&held)[2],
+                                                      uint32_t (&members)[3], uint32_t (&picked)[3]) {
+  constexpr uint32_t kMask = kWideF32Mask;
+  constexpr int kKeys = CHUNKS * kTeamVec;
+  static_assert(kKeys <= 96, "places in three 32-bit masks");
+  auto in_group = [&](int p) { return (key[p] & ~kMask) == upper && key[p] != kAbsentKey; };
+  auto fine_key = [&](int p) {
+    const int e = ((p / kTeamVec) * 32 + lane) * kTeamVec + p % kTeamVec;
+    return ((order_key(x[e]) & kMask) << 12) | (kMask - (uint32_t)e);
+  };
+  int above = 0;
+#pragma unroll
+  for (int w = 0; w < 3; ++w) members[w] = 0u;
+#pragma unroll
+  for (int p = 0; p < kKeys; ++p) {
+    above += key[p] > (upper | kMask);
+    members[p / 32] |= (uint32_t)in_group(p) << (p % 32);
+  }
+  above = (int)__reduce_add_sync(kFullMask, (uint32_t)above);
+  // the best member's fine key below `bound`, in this lane
+  auto best_below = [&](uint32_t bound) {
+    uint32_t best = 0u;
+#pragma unroll
+    for (int w = 0; w < 3; ++w)
+      for (uint32_t m = members[w]; m != 0u; m &= m - 1u) {
+        const uint32_t f = fine_key(32 * w + __ffs(m) - 1);
+        best = f < bound ? max(best, f) : best;
+      }
+    return best;
+  };
+  uint32_t bound = 0xffffffffu;  // the fine key of the group's last pick
+#pragma unroll 1
+  for (int r = above; r < K; ++r) {
+    bound = __reduce_max_sync(kFullMask, best_below(bound));
+    const uint32_t packed = upper | (bound & kMask);
+    held[0] = lane == r % 32 && r < 32 ? packed : held[0];
+    held[1] = lane == r % 32 && r >= 32 ? packed : held[1];
+  }
+#pragma unroll
+  for (int w = 0; w < 3; ++w) {
+    picked[w] = 0u;
+    for (uint32_t m = members[w]; m != 0u; m &= m - 1u) {
+      const int p = 32 * w + __ffs(m) - 1;
+      picked[w] |= (uint32_t)(fine_key(p) >= bound) << (p % 32);
+    }
+  }
+}
+
+// Ranks of a lane's winners (rounds lane and lane + 32) in (full key desc, index asc). Rounds came in
+// (upper bits desc, index asc), so a winner's rank is its round, plus the later winners of its run
+// (same upper bits, a contiguous stretch of rounds) with a larger full key, minus the earlier ones
+// with a smaller one (equal full keys keep the index order). Partners at distance d = 1, 2, ... until
+// no winner has one in its run: runs are short (most rows: d = 1 only).
+__device__ __forceinline__ void wide_f32_ranks(int lane, int K, const uint32_t (&held)[2], const uint32_t (&full)[2],
+                                               int (&rank)[2]) {
+  constexpr uint32_t kMask = kWideF32Mask;
+  rank[0] = lane;
+  rank[1] = lane + 32;
+#pragma unroll 1
+  for (int d = 1; d < K; ++d) {
+    const int src_f = (lane + d) & 31, src_b = (lane - d) & 31;
+    const uint32_t hf0 = __shfl_sync(kFullMask, held[0], src_f), hf1 = __shfl_sync(kFullMask, held[1], src_f);
+    const uint32_t ff0 = __shfl_sync(kFullMask, full[0], src_f), ff1 = __shfl_sync(kFullMask, full[1], src_f);
+    const uint32_t hb0 = __shfl_sync(kFullMask, held[0], src_b), hb1 = __shfl_sync(kFullMask, held[1], src_b);
+    const uint32_t fb0 = __shfl_sync(kFullMask, full[0], src_b), fb1 = __shfl_sync(kFullMask, full[1], src_b);
+    const bool wrap_f = lane + d >= 32, wrap_b = lane < d;  // the partner is in the next / previous slot
+    bool any = false;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int r = lane + 32 * h;
+      // round r + d: slot h of src_f, or slot h + 1 where lane + d wraps
+      const uint32_t hf = h == 0 ? (wrap_f ? hf1 : hf0) : (wrap_f ? 0u : hf1);
+      const uint32_t ff = h == 0 ? (wrap_f ? ff1 : ff0) : (wrap_f ? 0u : ff1);
+      const bool same_f = r + d < K && ((hf ^ held[h]) & ~kMask) == 0;
+      rank[h] += same_f && ff > full[h];
+      any = any || same_f;
+      // round r - d: slot h of src_b, or slot h - 1 where lane - d wraps
+      const uint32_t hb = h == 0 ? (wrap_b ? 0u : hb0) : (wrap_b ? hb0 : hb1);
+      const uint32_t fb = h == 0 ? (wrap_b ? 0u : fb0) : (wrap_b ? fb0 : fb1);
+      const bool same_b = r < K && r - d >= 0 && ((hb ^ held[h]) & ~kMask) == 0;
+      rank[h] -= same_b && fb < full[h];
+    }
+    if (!__any_sync(kFullMask, any)) break;  // no run reaches d: none reaches d + 1
+  }
+}
+
 template <int CHUNKS>
 __global__ void __launch_bounds__(128) forward_wide_f32_kernel(ForwardArgs a) {
-  constexpr uint32_t kMask = 0xfffu;
+  constexpr uint32_t kMask = kWideF32Mask;
   constexpr int kKeys = CHUNKS * kTeamVec;
   const int lane = threadIdx.x & 31;
   const int64_t row = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
@@ -1488,69 +1648,35 @@ __global__ void __launch_bounds__(128) forward_wide_f32_kernel(ForwardArgs a) {
   const int64_t off = row * (int64_t)E;
   const bool vec = a.vec != 0;
   const float* x = static_cast<const float*>(a.logits) + off;
-  auto elem = [&](int p) { return ((p / kTeamVec) * 32 + lane) * kTeamVec + p % kTeamVec; };
 
   uint32_t key[kKeys];
   wide_row_keys<float, CHUNKS, kMask>(x, E, vec, lane, key);
   uint32_t held[2] = {0u, 0u};  // lane r % 32 keeps the key of round r's winner (K <= kWideMaxK)
-  uint32_t last = list_rounds<kWideList>(key, a.K, [&](int r, uint32_t m) {
+  const uint32_t last = list_rounds<kWideList>(key, a.K, [&](int r, uint32_t m) {
     held[0] = lane == r % 32 && r < 32 ? m : held[0];
     held[1] = lane == r % 32 && r >= 32 ? m : held[1];
   });
 
+  // A key in [upper, last) shares the last winner's upper bits from below: one subtract-and-min
+  // per key (keys below `upper` wrap high).
+  const uint32_t upper = last & ~kMask;
+  uint32_t gap[2] = {0xffffffffu, 0xffffffffu};
+#pragma unroll
+  for (int p = 0; p < kKeys; ++p) gap[p % 2] = min(gap[p % 2], key[p] - upper);
+  const bool near = __any_sync(kFullMask, min(gap[0], gap[1]) < last - upper);
+  uint32_t members[3], picked[3];  // the boundary group's keys, and those it selects (fix_boundary)
+  if (near) wide_f32_fix_boundary<CHUNKS>(x, lane, a.K, upper, key, held, members, picked);
+
   // this lane's winners: full key, index and rank in the output order
   uint32_t full[2], win_index[2];
   int rank[2];
-  bool near = false;
 #pragma unroll
-  for (int p = 0; p < kKeys; ++p) near = near || (key[p] < last && ((key[p] ^ last) & ~kMask) == 0);
-  if (!__any_sync(kFullMask, near)) {
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      win_index[h] = kMask - (held[h] & kMask);
-      full[h] = held[h] != 0u ? order_key(x[win_index[h]]) : kAbsentKey;
-      rank[h] = 0;
-    }
-#pragma unroll 1
-    for (int j = 0; j < a.K; ++j) {  // rank: winners before it in (key desc, index asc)
-      const uint32_t kj = __shfl_sync(kFullMask, j < 32 ? full[0] : full[1], j % 32);
-      const uint32_t ij = __shfl_sync(kFullMask, j < 32 ? win_index[0] : win_index[1], j % 32);
-#pragma unroll
-      for (int h = 0; h < 2; ++h) rank[h] += kj > full[h] || (kj == full[h] && ij < win_index[h]);
-    }
-  } else {
-    // clearing rounds on the full keys: the best key, the lowest index holding it, cleared
-    wide_row_keys<float, CHUNKS, 0u>(x, E, vec, lane, key);
-    full[0] = full[1] = kAbsentKey;
-#pragma unroll 1
-    for (int r = 0; r < a.K; ++r) {
-      uint32_t m = key[0];
-#pragma unroll
-      for (int p = 1; p < kKeys; ++p) m = max(m, key[p]);
-      m = __reduce_max_sync(kFullMask, m);
-      // the lowest position holding m (a lane's indices grow with p; positions, not indices,
-      // keep 72 index constants out of registers)
-      int first_p = kKeys;
-#pragma unroll
-      for (int p = kKeys - 1; p >= 0; --p) first_p = key[p] == m ? p : first_p;
-      const uint32_t winner = __reduce_min_sync(kFullMask, first_p < kKeys ? (uint32_t)elem(first_p) : 0xffffffffu);
-      const int winner_p = (int)(winner >> 8) * kTeamVec + (int)(winner & 7);  // its position in its lane
-      const bool owner = (int)((winner >> 3) & 31) == lane;
-#pragma unroll
-      for (int p = 0; p < kKeys; ++p) key[p] = owner && p == winner_p ? kAbsentKey : key[p];
-      const bool mine = lane == r % 32;
-      full[0] = mine && r < 32 ? m : full[0];
-      full[1] = mine && r >= 32 ? m : full[1];
-      win_index[0] = mine && r < 32 ? winner : win_index[0];
-      win_index[1] = mine && r >= 32 ? winner : win_index[1];
-    }
-#pragma unroll
-    for (int h = 0; h < 2; ++h) rank[h] = lane + 32 * h;
-    // "selected" as the fast path reads it: keys at or above `last`
-#pragma unroll
-    for (int p = 0; p < kKeys; ++p) key[p] = key[p] == kAbsentKey && elem(p) < E ? 1u : 0u;
-    last = 1u;
+  for (int h = 0; h < 2; ++h) {
+    win_index[h] = kMask - (held[h] & kMask);
+    full[h] = held[h] != 0u ? order_key(x[win_index[h]]) : kAbsentKey;
   }
+  wide_f32_ranks(lane, a.K, held, full, rank);
+
   const float mx = key_value(__reduce_max_sync(kFullMask, max(full[0], full[1])));
   float win_value[2], part = 0.0f;
   void* out = a.indices == nullptr ? nullptr
@@ -1565,7 +1691,14 @@ __global__ void __launch_bounds__(128) forward_wide_f32_kernel(ForwardArgs a) {
   }
   const float inv = 1.0f / warp_sum(part);
 
-  wide_row_map<float, CHUNKS>(a, row, vec, lane, key, last);
+  if (!near) {
+    wide_row_map<float, CHUNKS>(a, row, vec, lane, [&](int p) { return key[p] >= last; });  // padding keys are 0
+  } else {
+    wide_row_map<float, CHUNKS>(a, row, vec, lane, [&](int p) {
+      const uint32_t bit = 1u << (p % 32);
+      return members[p / 32] & bit ? (picked[p / 32] & bit) != 0u : key[p] >= last;
+    });
+  }
   __syncwarp();  // orders the lanes' stores above before the winners' stores below
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
