@@ -41,12 +41,13 @@ if [ "${PATHS:-1}" = 1 ] && [ "${TESTS:-1}" = 1 ]; then
   # The tie / NaN / signed-zero tests again with each top-k path forced (the defaults pick one per shape).
   note "ties and NaN tests on each forced top-k path"
   # (TEAM_MAX_K=0 WIDE_MAX_K=0: no team or wide rows, so the warp and block paths see packed keys
-  # too; the last two force team rows (every score mode, 16 and 8 keys per lane) and wide rows for every K)
+  # too; the last two force team rows (every score mode, 16 and 8 keys per lane) and wide rows for every K,
+  # the first of them with team rows up to E = 512, the second with wide rows from E = 257)
   for env in "MOEKIT_ROUTER_RADIX_MIN_K=99999 MOEKIT_ROUTER_FILTER_MIN_VPT=0 MOEKIT_ROUTER_TEAM_MAX_K=0 MOEKIT_ROUTER_WIDE_MAX_K=0" \
              "MOEKIT_ROUTER_RADIX_MIN_K=1 MOEKIT_ROUTER_TEAM_MAX_K=0 MOEKIT_ROUTER_WIDE_MAX_K=0" \
              "MOEKIT_ROUTER_RADIX_MIN_K=99999 MOEKIT_ROUTER_FILTER_MIN_VPT=1 MOEKIT_ROUTER_TEAM_MAX_K=0 MOEKIT_ROUTER_WIDE_MAX_K=0" \
-             "MOEKIT_ROUTER_TEAM_MAX_K=9999 MOEKIT_ROUTER_TEAM_ANY_SCORE=1 MOEKIT_ROUTER_TEAM_PACK_F32_MIN_T=1 MOEKIT_ROUTER_WIDE_MAX_K=9999 MOEKIT_ROUTER_TEAM_CHUNKS=2" \
-             "MOEKIT_ROUTER_TEAM_MAX_K=9999 MOEKIT_ROUTER_TEAM_ANY_SCORE=1 MOEKIT_ROUTER_TEAM_PACK_F32_MIN_T=1 MOEKIT_ROUTER_WIDE_MAX_K=9999 MOEKIT_ROUTER_TEAM_CHUNKS=1"; do
+             "MOEKIT_ROUTER_TEAM_MAX_K=9999 MOEKIT_ROUTER_TEAM_ANY_SCORE=1 MOEKIT_ROUTER_TEAM_PACK_F32_MIN_T=1 MOEKIT_ROUTER_WIDE_MAX_K=9999 MOEKIT_ROUTER_TEAM_CHUNKS=2 MOEKIT_ROUTER_WIDE_MIN_E=513" \
+             "MOEKIT_ROUTER_TEAM_MAX_K=9999 MOEKIT_ROUTER_TEAM_ANY_SCORE=1 MOEKIT_ROUTER_TEAM_PACK_F32_MIN_T=1 MOEKIT_ROUTER_WIDE_MAX_K=9999 MOEKIT_ROUTER_TEAM_CHUNKS=1 MOEKIT_ROUTER_WIDE_MIN_E=257"; do
     env $env python3 -m pytest -q -p no:cacheprovider -k ties tests/test_router_gpu.py >"$OUT/paths-run.log" 2>&1
     rc=$?
     { echo "### $env: exit $rc"; cat "$OUT/paths-run.log"; } >>"$OUT/paths.log"
@@ -76,7 +77,7 @@ if [ "${SANITIZER:-1}" = 1 ]; then
   # default tuning; iterative rounds everywhere with the cp.async pipeline; filtered top-k and packed team rows
   # everywhere (16 keys per lane); team rows with 8 keys per lane
   for env in "" "MOEKIT_ROUTER_PIPELINE=1 MOEKIT_ROUTER_RADIX_MIN_K=99999 MOEKIT_ROUTER_TEAM_MAX_K=0 MOEKIT_ROUTER_WIDE_MAX_K=0" \
-             "MOEKIT_ROUTER_FILTER_MIN_VPT=1 MOEKIT_ROUTER_RADIX_MIN_K=99999 MOEKIT_ROUTER_TEAM_MAX_K=9999 MOEKIT_ROUTER_TEAM_ANY_SCORE=1 MOEKIT_ROUTER_TEAM_PACK_F32_MIN_T=1 MOEKIT_ROUTER_WIDE_MAX_K=9999 MOEKIT_ROUTER_TEAM_CHUNKS=2" \
+             "MOEKIT_ROUTER_FILTER_MIN_VPT=1 MOEKIT_ROUTER_RADIX_MIN_K=99999 MOEKIT_ROUTER_TEAM_MAX_K=9999 MOEKIT_ROUTER_TEAM_ANY_SCORE=1 MOEKIT_ROUTER_TEAM_PACK_F32_MIN_T=1 MOEKIT_ROUTER_WIDE_MAX_K=9999 MOEKIT_ROUTER_TEAM_CHUNKS=2 MOEKIT_ROUTER_WIDE_MIN_E=257" \
              "MOEKIT_ROUTER_TEAM_MAX_K=9999 MOEKIT_ROUTER_TEAM_ANY_SCORE=1 MOEKIT_ROUTER_TEAM_PACK_F32_MIN_T=1 MOEKIT_ROUTER_TEAM_CHUNKS=1"; do
     env $env compute-sanitizer --tool memcheck --error-exitcode 9 python3 scripts/sanitize_cases.py \
       >"$OUT/memcheck-run.log" 2>&1

@@ -124,7 +124,7 @@ int choose_team_lanes(const ForwardArgs& a) {
 }
 
 // Wide rows (forward_wide_packed_kernel, forward_wide_f32_kernel): softmax-post without groups,
-// 512 < E <= 2560, K up to this bound (at most kWideMaxK). Since v7.6 they win at every K up to
+// wide_min_experts(...) <= E <= 2560, K up to this bound (at most kWideMaxK). Since v7.6 they win at every K up to
 // kWideMaxK = 64, both dtypes, against warp and block rows (iterative, radix, filtered); from
 // bench/router_crossover.py "wide" (H200, bench/NOTES.md v7.6), f32 at T = 8192: E = 1024, K = 64
 // 44.3 us against radix 72.0; E = 2304, K = 64 85.3 against 127.0 (K = 36: 76.6 against 127.7);
@@ -135,15 +135,27 @@ int wide_max_k() {
   static const int forced = env_int("MOEKIT_ROUTER_WIDE_MAX_K", -1);
   return forced >= 0 ? std::min(forced, kWideMaxK) : kWideMaxK;
 }
-// f32 softmax-post on wide rows (keys packed with a check and an exact fallback); 0 turns them off.
+// f32 softmax-post on wide rows (keys packed, made exact by two fix-ups); 0 turns them off.
 int wide_f32() {
   static const int v = env_int("MOEKIT_ROUTER_WIDE_F32", 1);
   return v;
 }
+// Wide rows from this E on (whole-warp team rows below it; wide rows need E > 256). At E = 512,
+// K = 22 (bench/NOTES.md v7.6, H200), wide rows against team rows: f32 T = 2048 0.82x, 8192 0.64x,
+// 16384 0.80x, 65536 0.85x (the team rows' f32 rounds are clearing rounds below T = 16384, packed
+// ones with a full fallback above); bf16 T = 2048 1.09x, 8192 0.99x, 16384 0.94x, 65536 0.94x.
+// MOEKIT_ROUTER_WIDE_MIN_E forces one bound.
+int wide_min_experts(bool f32, int64_t T) {
+  static const int forced = env_int("MOEKIT_ROUTER_WIDE_MIN_E", -1);
+  if (forced > 0) return forced;
+  return f32 || T >= 8192 ? 32 * kTeamVec + 1 : kTeamMaxExperts + 1;
+}
 // Chunks per lane of a wide row for this call, or 0 where they do not apply.
 int choose_wide_chunks(const ForwardArgs& a, moekit_dtype_t logits_dtype) {
   const bool f32 = logits_dtype == MOEKIT_DTYPE_F32 && a.mode == kSoftmaxPost && wide_f32() != 0;
-  if (!(a.packed || f32) || a.G > 0 || a.E <= kTeamMaxExperts || a.K > wide_max_k()) return 0;
+  if (!(a.packed || f32) || a.G > 0 || a.E < wide_min_experts(f32, a.T) || a.E <= 32 * kTeamVec * (kWideMinChunks - 1) ||
+      a.K > wide_max_k())
+    return 0;
   const int chunks = (a.E + 32 * kTeamVec - 1) / (32 * kTeamVec);
   return chunks <= kWideMaxChunks ? chunks : 0;
 }
@@ -396,7 +408,7 @@ extern "C" MOEKIT_API moekit_status_t moekit_router_topk_forward(
     const void* vec_ptrs[] = {logits, probs, intermediate, a.map_kind == kMapBytes ? a.map : nullptr};
     // cp.async needs 16-byte aligned rows
     const int row_bytes = (int)num_experts * esize;
-    const int lanes = choose_team_lanes(a), chunks = lanes > 0 ? 0 : choose_wide_chunks(a, logits_dtype);
+    const int chunks = choose_wide_chunks(a, logits_dtype), lanes = chunks > 0 ? 0 : choose_team_lanes(a);
     const bool own_rows = lanes > 0 || chunks > 0;  // kernels without shared memory or pipeline
     const bool pipeline = !own_rows && pipeline_enabled() && row_bytes % 16 == 0 && aligned(logits, 16);
     return run(op, logits_dtype, a, num_tokens, own_rows ? 0 : words, pipeline ? row_bytes : 0, lanes, chunks,

@@ -1372,7 +1372,7 @@ __global__ void __launch_bounds__(128, team_min_blocks(KIND, LANES)) forward_tea
 // logits pack with a check (forward_wide_f32_kernel, which adds the check, a rank pass and the
 // exact fallback).
 // Block rows (forward_block_kernel) ran e2304k36 at ~48% of the copy ceiling in bf16 (NOTES v3).
-constexpr int kWideMinChunks = 3, kWideMaxChunks = 10;
+constexpr int kWideMinChunks = 2, kWideMaxChunks = 10;
 constexpr int kWideMaxK = 64;  // two winners per lane (forward_wide_packed_kernel's `held`)
 constexpr int kWideList = 4;  // list_rounds: ~1 refill per row at K = 36 (36 / 32 winners per lane)
 

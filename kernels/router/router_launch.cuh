@@ -142,8 +142,9 @@ constexpr auto wide_kernel() {
 
 template <typename T>
 cudaError_t launch_wide(const ForwardArgs& a, const LaunchShape& s, cudaStream_t stream) {
-  static_assert(kWideMinChunks == 3 && kWideMaxChunks == 10, "the cases below");
+  static_assert(kWideMinChunks == 2 && kWideMaxChunks == 10, "the cases below");
   switch (s.wide_chunks) {
+    case 2: return launch_one(wide_kernel<T, 2>(), a, s, stream);
     case 3: return launch_one(wide_kernel<T, 3>(), a, s, stream);
     case 4: return launch_one(wide_kernel<T, 4>(), a, s, stream);
     case 5: return launch_one(wide_kernel<T, 5>(), a, s, stream);
