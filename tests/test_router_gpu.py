@@ -799,6 +799,9 @@ ODD_E_CASES = [
     Case(300, 1001, 22, "softmax_post", "float32", map_format="bitmap"),
     Case(7, 2551, 64, "softmax_post", "bfloat16", map_format="bytemap"),
     Case(64, 2303, 64, "softmax_post", "float32", map_format="indices", index_dtype="int64"),
+    # f32 wide rows of two chunks (256 < E <= 512), K past the team rows' bound
+    Case(300, 384, 36, "softmax_post", "float32", map_format="bitmap"),
+    Case(64, 512, 64, "softmax_post", "float32", map_format="bytemap"),
     Case(300, 1000, 32, "sigmoid", "float32", GROUPS, 1.2, "float32", "bitmap"),
     Case(7, 1000, 8, "softmax_pre", "float16", GROUPS, map_format="indices"),
     Case(300, 1000, 1, "softmax_post", "bfloat16", map_format="bytemap"),
