@@ -74,7 +74,7 @@ int team_max_k(int E, bool packed, bool pack_f32) {
   static const int forced = env_int("MOEKIT_ROUTER_TEAM_MAX_K", -1);
   if (forced >= 0) return forced;
   if (packed) return E <= 128 ? 48 : E <= 256 ? 40 : 48;
-  if (pack_f32 && E > 256) return 22;  // e512k22 (team_pack_f32_min_t); larger K not measured
+  if (pack_f32 && E > 256) return 22;  // e512k22 (team_pack_f32_min_t; wide rows there since v7.6)
   return E <= 128 ? 18 : 10;
 }
 // Team rows for the other score modes (softmax-pre, sigmoid, sqrtsoftplus; bias; groups). Since v4

@@ -1363,14 +1363,13 @@ __global__ void __launch_bounds__(128, team_min_blocks(KIND, LANES)) forward_tea
   }
 }
 
-// ---- wide packed rows (softmax-post, no groups, 512 < E <= 2560) -------------------------------
+// ---- wide packed rows (softmax-post, no groups, 256 < E <= 2560; router.cu, wide_min_experts) ---
 // One warp per row, CHUNKS chunks of 8 per lane (chunk c of lane t covers [(c * 32 + t) * 8, + 8)),
 // and only index-packed keys in registers (8 * CHUNKS). Rounds keep a short list of the lane's
 // largest keys (list_rounds), and the lane that keeps a winner writes its weight last.
 // 16-bit logits pack without loss (forward_wide_packed_kernel): the values come back from the keys
 // (packed_key_value), and the lane that keeps a winner takes its exp once, after the rounds. f32
-// logits pack with a check (forward_wide_f32_kernel, which adds the check, a rank pass and the
-// exact fallback).
+// logits pack with a check (forward_wide_f32_kernel, which adds a boundary and an order fix-up).
 // Block rows (forward_block_kernel) ran e2304k36 at ~48% of the copy ceiling in bf16 (NOTES v3).
 constexpr int kWideMinChunks = 2, kWideMaxChunks = 10;
 constexpr int kWideMaxK = 64;  // two winners per lane (forward_wide_packed_kernel's `held`)
@@ -1430,7 +1429,9 @@ __device__ __forceinline__ void wide_row_keys(const T* __restrict__ x, int E, bo
 // their weights over those: one exp per winner, where a weight per element computed and selected
 // would cost ~12 instructions for each of the row's E elements. With vector access every chunk is
 // whole or absent, and each output's pointer is set once per row: store_forward_chunk's bounds
-// tests, 64-bit offsets and map-kind branches took ~78 instructions per chunk (v7.6: ~30).
+// tests, 64-bit offsets and map-kind branches took ~78 instructions per chunk (v7.6: ~30). Not
+// store_forward_chunk_vec per chunk: tried, it took more registers (bf16 CHUNKS = 10 128 -> 165,
+// 8 96 -> 124, f32 6 80 -> 96).
 template <typename T, int CHUNKS, class Selected>
 __device__ __forceinline__ void wide_row_map(const ForwardArgs& a, int64_t row, bool vec, int lane, Selected selected) {
   const int E = a.E;
