@@ -44,7 +44,8 @@ __device__ __forceinline__ uint32_t warp_exclusive_scan(uint32_t v, uint32_t& to
 }
 
 // LANES consecutive lanes of a warp (LANES a power of 2, <= 32) reduce among themselves with xor
-// shuffles, so 32 / LANES teams share each instruction. Whole warps use redux.sync for integers.
+// shuffles, so 32 / LANES teams share each instruction. Whole warps and 16-lane teams use redux.sync
+// for integers (teams are aligned to warps: blocks are whole warps).
 template <int LANES>
 struct LaneTeam {
   static constexpr int kLanes = LANES;
@@ -52,6 +53,17 @@ struct LaneTeam {
   static __device__ __forceinline__ uint32_t extreme(uint32_t v) {
     if constexpr (LANES == 32) {
       return kMax ? __reduce_max_sync(kFullMask, v) : __reduce_min_sync(kFullMask, v);
+    } else if constexpr (LANES == 16) {
+      // One whole-warp redux per team, the other team's lanes holding the identity: two independent
+      // REDUX in place of a chain of 4 shuffle steps (e256k8g8 0.98-0.99x at T = 65536, bench/NOTES.md
+      // v7.7). A redux on a 16-lane mask compiles to a serialized collective (1.09x slower), and at
+      // 8 lanes the four REDUX lost to 3 shuffle steps (e128k8 1.01-1.02x).
+      constexpr uint32_t kIdentity = kMax ? 0u : 0xffffffffu;
+      const bool upper = (threadIdx.x & 16) != 0;
+      const uint32_t lo = upper ? kIdentity : v, hi = upper ? v : kIdentity;
+      const uint32_t rlo = kMax ? __reduce_max_sync(kFullMask, lo) : __reduce_min_sync(kFullMask, lo);
+      const uint32_t rhi = kMax ? __reduce_max_sync(kFullMask, hi) : __reduce_min_sync(kFullMask, hi);
+      return upper ? rhi : rlo;
     } else {
 #pragma unroll
       for (int o = LANES / 2; o > 0; o >>= 1) {

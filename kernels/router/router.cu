@@ -90,12 +90,14 @@ int team_any_score() {
 // would leave the GPU short of warps: e256k8g8 forward on the H200 (132 SMs), one chunk against two:
 // T = 2048 0.72-0.75x, 8192 0.89-0.91x, 16384 0.96-0.98x, 24576 1.00-1.01x, 32768 1.01-1.02x,
 // 65536 1.04-1.05x; e128k8 lost at T = 8192 (1.01-1.07x) and 65536 (bench/NOTES.md v6).
+// Since 16-lane teams reduce with redux (v7.7), f32 softmax-post rows on packed keys (pack_f32)
+// at E <= 128 take one chunk too: e128k8 f32 T = 8192 0.91x, 16384 0.98x (bf16 1.00x / 1.03x: two).
 // MOEKIT_ROUTER_TEAM_CHUNKS=1 or 2 forces one at 32 < E <= 256 (2 elsewhere).
-int team_chunks(int E, int64_t T) {
+int team_chunks(int E, int64_t T, bool pack_f32) {
   static const int forced = env_int("MOEKIT_ROUTER_TEAM_CHUNKS", -1);
   if (E <= 32 || E > 32 * kTeamVec) return 2;
   if (forced == 1 || forced == 2) return forced;
-  return E > 128 && T <= 16384 ? 1 : 2;
+  return (E > 128 || pack_f32) && T <= 16384 ? 1 : 2;
 }
 // f32 softmax-post team rows: rounds on index-packed keys with a check and an exact fallback from
 // this T on, clearing rounds below it. Packed rounds cost fewer instructions but lose at small T
@@ -103,8 +105,10 @@ int team_chunks(int E, int64_t T) {
 // time). v7.1 on the H200 (bench/NOTES.md), packed against clearing rounds, e128k8: T = 2048 1.27x,
 // 4096 1.13x, 8192 1.00-1.02x, 16384 0.91-0.92x, 32768 0.86x, 65536 0.82x; e512k22, packed team rows
 // against radix select: 2048 1.40x, 4096 1.12x, 8192 1.02x, 16384 0.97x, 32768 0.93x, 65536 0.91x.
+// Re-measured after v7.6 (e512k22 f32 runs on wide rows now), e128k8: T = 4096 1.08-1.09x, 8192
+// 0.94x (7.6 -> 7.1 us), so packed from T = 8192.
 int64_t team_pack_f32_min_t() {
-  static const int64_t v = env_int("MOEKIT_ROUTER_TEAM_PACK_F32_MIN_T", 16384);
+  static const int64_t v = env_int("MOEKIT_ROUTER_TEAM_PACK_F32_MIN_T", 8192);
   return v;
 }
 // Lanes per row of a team row for this call, or 0 where team rows do not apply. Groups must be
@@ -112,7 +116,7 @@ int64_t team_pack_f32_min_t() {
 int choose_team_lanes(const ForwardArgs& a) {
   if (a.E > kTeamMaxExperts || a.K > team_max_k(a.E, a.packed != 0, a.team_pack_f32 != 0)) return 0;
   if (a.mode != kSoftmaxPost && !team_any_score()) return 0;
-  const int keys = team_chunks(a.E, a.T) * kTeamVec;
+  const int keys = team_chunks(a.E, a.T, a.team_pack_f32 != 0) * kTeamVec;
   const int lanes = next_pow2((a.E + keys - 1) / keys);
   if (a.G > 0) {
     const int gsize = a.E / a.G, lanes_per_group = gsize / kTeamVec;
@@ -162,10 +166,10 @@ int choose_wide_chunks(const ForwardArgs& a, moekit_dtype_t logits_dtype) {
 
 // `smem_words_per_team`: shared memory one team needs besides a block team's scratch.
 // `pipeline_row_bytes` > 0 asks for the pipelined forward kernel (warp teams only).
-// `team_lanes` > 0 asks for the team row kernel, `wide_chunks` > 0 for the wide packed one (forward
-// only, choose_team_lanes, choose_wide_chunks).
-LaunchShape choose_shape(int64_t T, int E, int smem_words_per_team, int pipeline_row_bytes, int team_lanes,
-                         int wide_chunks, const DeviceInfo& dev) {
+// `team_lanes` > 0 asks for the team row kernel (`team_chunks` chunks of 8 keys per lane),
+// `wide_chunks` > 0 for the wide packed one (forward only, choose_team_lanes, choose_wide_chunks).
+LaunchShape choose_shape(int64_t T, int smem_words_per_team, int pipeline_row_bytes, int team_lanes,
+                         int team_chunks, int wide_chunks, int E, const DeviceInfo& dev) {
   LaunchShape s{};
   s.sm_count = dev.sm_count;
   if (wide_chunks > 0) {
@@ -176,7 +180,7 @@ LaunchShape choose_shape(int64_t T, int E, int smem_words_per_team, int pipeline
   } else if (team_lanes > 0) {
     const int rows_per_block = kWarpsPerBlock * (32 / team_lanes);
     s.team_lanes = team_lanes;
-    s.team_chunks = team_chunks(E, T);
+    s.team_chunks = team_chunks;
     s.vpt = s.team_chunks * kTeamVec;
     s.threads = 32 * kWarpsPerBlock;
     s.blocks = (T + rows_per_block - 1) / rows_per_block;
@@ -306,13 +310,13 @@ cudaError_t launch(moekit_dtype_t dtype, const BackwardArgs& a, const LaunchShap
 // Common tail: device query, launch shape, shared-memory limit, vector-path flag, launch.
 template <typename Args>
 moekit_status_t run(const char* op, moekit_dtype_t dtype, Args& a, int64_t T, int smem_words_per_team,
-                    int pipeline_row_bytes, int team_lanes, int wide_chunks, cudaStream_t stream,
+                    int pipeline_row_bytes, int team_lanes, int team_chunks, int wide_chunks, cudaStream_t stream,
                     const void* const* vec_ptrs, int n_vec_ptrs) {
   const DeviceInfo* dev = nullptr;
   moekit_status_t st = current_device(op, &dev);
   if (st != MOEKIT_SUCCESS) return st;
   smem_words_per_team = (smem_words_per_team + 3) / 4 * 4;  // keeps later regions 16-byte aligned
-  LaunchShape s = choose_shape(T, a.E, smem_words_per_team, pipeline_row_bytes, team_lanes, wide_chunks, *dev);
+  LaunchShape s = choose_shape(T, smem_words_per_team, pipeline_row_bytes, team_lanes, team_chunks, wide_chunks, a.E, *dev);
   if (s.smem_bytes > (size_t)dev->max_smem_per_block_optin)
     return fail(MOEKIT_NOT_SUPPORTED, "%s: needs %zu bytes of shared memory per block, device %d allows %d", op,
                 s.smem_bytes, dev->device, dev->max_smem_per_block_optin);
@@ -411,7 +415,8 @@ extern "C" MOEKIT_API moekit_status_t moekit_router_topk_forward(
     const int chunks = choose_wide_chunks(a, logits_dtype), lanes = chunks > 0 ? 0 : choose_team_lanes(a);
     const bool own_rows = lanes > 0 || chunks > 0;  // kernels without shared memory or pipeline
     const bool pipeline = !own_rows && pipeline_enabled() && row_bytes % 16 == 0 && aligned(logits, 16);
-    return run(op, logits_dtype, a, num_tokens, own_rows ? 0 : words, pipeline ? row_bytes : 0, lanes, chunks,
+    const int tchunks = lanes > 0 ? team_chunks(a.E, a.T, a.team_pack_f32 != 0) : 0;
+    return run(op, logits_dtype, a, num_tokens, own_rows ? 0 : words, pipeline ? row_bytes : 0, lanes, tchunks, chunks,
                reinterpret_cast<cudaStream_t>(stream), vec_ptrs, 4);
   });
 }
@@ -452,6 +457,6 @@ extern "C" MOEKIT_API moekit_status_t moekit_router_topk_backward(
     a.scale = scaling_factor;
     const int words = a.map_kind == kMapNone ? (a.E + 3) / 4 : 0;  // byte mask built from the indices
     const void* vec_ptrs[] = {grad_probs, intermediate, grad_logits, a.map_kind == kMapBytes ? a.map : nullptr};
-    return run(op, grad_dtype, a, num_tokens, words, 0, 0, 0, reinterpret_cast<cudaStream_t>(stream), vec_ptrs, 4);
+    return run(op, grad_dtype, a, num_tokens, words, 0, 0, 0, 0, reinterpret_cast<cudaStream_t>(stream), vec_ptrs, 4);
   });
 }
