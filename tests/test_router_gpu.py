@@ -1198,6 +1198,54 @@ def test_router_runs_are_bitwise_equal(case, rng):
         _assert_same_bits(case, name, getattr(first, name), getattr(second, name))
 
 
+# ---- back-to-back calls ----------------------------------------------------------------------
+#
+# Each call reads what the call before it wrote and overwrites what that call read, with nothing
+# between them on the stream: forward -> backward (grad_probs = the forward's probs, grad_logits
+# written over the forward's logits) -> forward (on those gradients, into the first forward's output
+# buffers) -> backward. With programmatic dependent launch a kernel starts while the one before it
+# drains, so this fails if a kernel touches memory before its wait. The same chain with a
+# synchronize after every call gives the expected bits.
+
+CHAIN_CASES = [
+    Case(65536, 128, 8, "softmax_post", "bfloat16"),
+    Case(8192, 256, 8, "sigmoid", "float32", GROUPS, 2.5, "float32", "indices"),
+    Case(4099, 2304, 36, "softmax_post", "float16", map_format="bitmap"),
+    Case(37, 512, 22, "softmax_pre", "bfloat16", index_dtype="int64", map_format="indices"),
+]
+
+
+def _chain(case, logits, bias, sync_each):
+    mk, torch = _moekit(), _torch()
+    x = logits.clone()
+    fwd = dict(case.forward_kwargs(), expert_bias=bias)
+    first = mk.router_topk_forward(x, case.K, **fwd)
+    if sync_each:
+        _sync()
+    mk.router_topk_backward(first[0], first[2], first[1], case.K, out=x, **case.backward_kwargs())
+    if sync_each:
+        _sync()
+    second = mk.router_topk_forward(x, case.K, out=first, **fwd)
+    if sync_each:
+        _sync()
+    grad = torch.empty_like(x)
+    mk.router_topk_backward(second[0], second[2], second[1], case.K, out=grad, **case.backward_kwargs())
+    _sync()
+    return [t.clone() for t in (*first, x, grad)]
+
+
+@pytest.mark.parametrize("case", CHAIN_CASES, ids=str)
+def test_router_back_to_back_calls_see_each_others_writes(case, rng):
+    logits = to_device(random_logits(rng, case.T, case.E, case.dtype, case.score), DEVICE)
+    bias = None if case.bias_dtype is None else to_device(random_bias(rng, case.E, case.bias_dtype), DEVICE)
+    expected = _chain(case, logits, bias, sync_each=True)
+    for _ in range(3):
+        got = _chain(case, logits, bias, sync_each=False)
+        for name, e, g in zip(("probs", "selection", "intermediate", "grad_logits_over_logits", "grad_logits"),
+                              expected, got):
+            _assert_same_bits(case, name, e, g)
+
+
 # ---- streams -------------------------------------------------------------------------------------
 #
 # The stream under test is kept busy by a spin kernel, and the inputs are overwritten behind the

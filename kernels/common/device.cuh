@@ -183,6 +183,20 @@ __device__ __forceinline__ float divide_by(float n, float d, float r) {
   return fmaf(fmaf(-d, q, n), r, q);
 }
 
+// ---- programmatic dependent launch (sm_90) -------------------------------------------------
+// First statement of every kernel launched with the programmatic-serialization attribute: wait
+// until the previous kernel in the stream has finished and its writes are visible, then let the
+// next kernel start launching. The trigger comes right after the wait, so the next grid's blocks
+// take SM slots only once every block of this grid is resident (none of ours is left waiting), and
+// the next kernel's own wait keeps it from reading what this one has not yet written. Without the
+// attribute both instructions do nothing.
+__device__ __forceinline__ void pdl_wait_then_release_next() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 // ---- score functions (fp32) ---------------------------------------------------------------
 // min that keeps NaN (FMNMX.NAN; fminf would return the other operand).
 __device__ __forceinline__ float min_keep_nan(float a, float b) {

@@ -54,6 +54,14 @@ int vec_for(moekit_dtype_t t, int vpt) {
   return vpt < per16 ? vpt : per16;
 }
 
+// Programmatic dependent launch on sm_90 and later (router_launch.cuh, launch_one): a router kernel
+// launches while the kernel before it in the stream finishes, and waits for it on the GPU. 0 turns
+// it off (plain stream order, as on older GPUs).
+bool pdl_enabled() {
+  static const int v = env_int("MOEKIT_PDL", 1);
+  return v != 0;
+}
+
 // Forward rows staged through shared memory by cp.async on persistent warps. Off by default: on the
 // H100, plain loads took 0.81-0.99x its time in every forward row of the A/B (bench/NOTES.md v2),
 // and 0.85-0.94x on the radix rows alone (e512k22, v3); 1 turns it on.
@@ -317,6 +325,7 @@ moekit_status_t run(const char* op, moekit_dtype_t dtype, Args& a, int64_t T, in
   if (st != MOEKIT_SUCCESS) return st;
   smem_words_per_team = (smem_words_per_team + 3) / 4 * 4;  // keeps later regions 16-byte aligned
   LaunchShape s = choose_shape(T, smem_words_per_team, pipeline_row_bytes, team_lanes, team_chunks, wide_chunks, a.E, *dev);
+  s.pdl = dev->cc_major >= 9 && pdl_enabled();
   if (s.smem_bytes > (size_t)dev->max_smem_per_block_optin)
     return fail(MOEKIT_NOT_SUPPORTED, "%s: needs %zu bytes of shared memory per block, device %d allows %d", op,
                 s.smem_bytes, dev->device, dev->max_smem_per_block_optin);

@@ -1020,6 +1020,7 @@ constexpr int team_min_blocks(int kind, int lanes) { return kind == kTeamSoftmax
 // no bounds tests, no padding keys.
 template <typename T, int LANES, int KIND, int CHUNKS, bool FULL>
 __global__ void __launch_bounds__(128, team_min_blocks(KIND, LANES)) forward_team_kernel(ForwardArgs a) {
+  pdl_wait_then_release_next();
   constexpr bool PACKED = KIND == kTeamSoftmaxPostPacked;
   static_assert(!PACKED || sizeof(T) == 2, "packed keys need 16-bit logits");
   constexpr bool PACKED_F32 = KIND == kTeamSoftmaxPostF32Packed;
@@ -1484,6 +1485,7 @@ __device__ __forceinline__ void wide_row_map(const ForwardArgs& a, int64_t row, 
 
 template <typename T, int CHUNKS>
 __global__ void __launch_bounds__(128) forward_wide_packed_kernel(ForwardArgs a) {
+  pdl_wait_then_release_next();
   static_assert(sizeof(T) == 2, "16-bit logits: keys packed without loss");
   constexpr uint32_t kMask = std::is_same<T, __half>::value ? 0x1fffu : 0xffffu;
   constexpr int kKeys = CHUNKS * kTeamVec;
@@ -1640,6 +1642,7 @@ __device__ __forceinline__ void wide_f32_ranks(int lane, int K, const uint32_t (
 
 template <int CHUNKS>
 __global__ void __launch_bounds__(128) forward_wide_f32_kernel(ForwardArgs a) {
+  pdl_wait_then_release_next();
   constexpr uint32_t kMask = kWideF32Mask;
   constexpr int kKeys = CHUNKS * kTeamVec;
   const int lane = threadIdx.x & 31;
@@ -1716,6 +1719,7 @@ __global__ void __launch_bounds__(128) forward_wide_f32_kernel(ForwardArgs a) {
 // (v2 tried __launch_bounds__(128, 12) for VPT <= 4, 40 registers instead of 46: see warp_rounds_select.)
 template <typename T, int VEC, int NC>
 __global__ void forward_warp_kernel(ForwardArgs a) {
+  pdl_wait_then_release_next();
   extern __shared__ uint32_t smem[];
   const int warp = threadIdx.x >> 5;
   const int64_t row = (int64_t)blockIdx.x * (blockDim.x >> 5) + warp;
@@ -1730,6 +1734,7 @@ __global__ void forward_warp_kernel(ForwardArgs a) {
 // Needs 16-byte aligned rows (host checks).
 template <typename T, int VEC, int NC>
 __global__ void forward_warp_pipelined_kernel(ForwardArgs a) {
+  pdl_wait_then_release_next();
   extern __shared__ uint32_t smem[];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warps = blockDim.x >> 5;
   uint32_t* team_smem = smem + warp * a.smem_words_per_team;
@@ -1762,6 +1767,7 @@ constexpr int kMaxBlockThreads = 512;
 
 template <typename T, int VEC, int NC>
 __global__ void __launch_bounds__(kMaxBlockThreads) forward_block_kernel(ForwardArgs a) {
+  pdl_wait_then_release_next();
   extern __shared__ uint32_t smem[];
   BlockTeam team(smem);
   const int64_t row = blockIdx.x;
@@ -1770,6 +1776,7 @@ __global__ void __launch_bounds__(kMaxBlockThreads) forward_block_kernel(Forward
 
 template <typename T, int VEC, int NC>
 __global__ void backward_warp_kernel(BackwardArgs a) {
+  pdl_wait_then_release_next();
   extern __shared__ uint32_t smem[];
   const int warp = threadIdx.x >> 5;
   const int64_t row = (int64_t)blockIdx.x * (blockDim.x >> 5) + warp;
@@ -1780,6 +1787,7 @@ __global__ void backward_warp_kernel(BackwardArgs a) {
 
 template <typename T, int VEC, int NC>
 __global__ void __launch_bounds__(kMaxBlockThreads) backward_block_kernel(BackwardArgs a) {
+  pdl_wait_then_release_next();
   extern __shared__ uint32_t smem[];
   BlockTeam team(smem);
   backward_row<T, VEC, NC>(a, team, (int64_t)blockIdx.x, smem + 128);

@@ -21,6 +21,7 @@ struct LaunchShape {
   int64_t blocks;   // blocks to cover every row (a persistent grid takes fewer)
   size_t smem_bytes;
   int sm_count;
+  bool pdl;  // launch with programmatic stream serialization (sm_90+, router.cu pdl_enabled)
 };
 
 template <typename T, int VPT>
@@ -45,8 +46,19 @@ cudaError_t launch_one(Kernel k, const Args& a, const LaunchShape& s, cudaStream
     err = async::persistent_blocks(k, s.threads, s.smem_bytes, s.sm_count, s.blocks, &blocks);
     if (err != cudaSuccess) return err;
   }
-  k<<<(unsigned)blocks, s.threads, s.smem_bytes, stream>>>(a);
-  return cudaGetLastError();
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3((unsigned)blocks);
+  config.blockDim = dim3((unsigned)s.threads);
+  config.dynamicSmemBytes = s.smem_bytes;
+  config.stream = stream;
+  // Lets this grid launch while the previous kernel in the stream drains; every router kernel
+  // waits for it (griddepcontrol.wait) before touching memory.
+  cudaLaunchAttribute attr{};
+  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr.val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = &attr;
+  config.numAttrs = s.pdl ? 1 : 0;
+  return cudaLaunchKernelEx(&config, k, a);
 }
 
 // Kernel families, so that one dispatcher maps a run-time VPT to the instantiation.
