@@ -78,14 +78,6 @@ const char* dtype_name(moekit_dtype_t t) {
   return "unknown dtype";
 }
 
-int env_int(const char* name, int fallback) {
-  const char* v = std::getenv(name);
-  if (v == nullptr || *v == '\0') return fallback;
-  char* end = nullptr;
-  long x = std::strtol(v, &end, 10);
-  return (end != v && *end == '\0') ? static_cast<int>(x) : fallback;
-}
-
 }  // namespace moekit
 
 extern "C" {

@@ -68,9 +68,6 @@ inline bool is_float_dtype(moekit_dtype_t t) {
 inline bool is_index_dtype(moekit_dtype_t t) { return t == MOEKIT_DTYPE_I32 || t == MOEKIT_DTYPE_I64; }
 inline bool aligned(const void* p, int bytes) { return (reinterpret_cast<uintptr_t>(p) % bytes) == 0; }
 
-// Reads an integer tuning knob from the environment (once per process); `fallback` if unset.
-int env_int(const char* name, int fallback);
-
 }  // namespace moekit
 
 // Argument check: on failure returns INVALID_ARGUMENT from the enclosing function with the

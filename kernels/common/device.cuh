@@ -1,9 +1,8 @@
-// Device helpers written once for every op: dtype conversion, the total order on float keys,
-// vector loads/stores of a thread's contiguous chunk, and score functions.
+// Device helpers written once for every op: dtype conversion, vector loads/stores of a thread's
+// contiguous chunk, division by a denominator known to be in range, programmatic dependent launch.
 #pragma once
 
 #include <cstdint>
-#include <cstring>
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -24,38 +23,15 @@ template <> __device__ __forceinline__ float from_float<float>(float v) { return
 template <> __device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
 template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
-// ---- total order on selection keys ---------------------------------------------------------
-// Maps a float to an unsigned key whose integer order is the SPEC order: NaN below every number,
-// -inf below every finite number, -0.0 == +0.0. Key 0 is reserved for "absent" (padding lanes),
-// so it ranks below NaN and is never chosen while a real element is left.
-constexpr uint32_t kAbsentKey = 0u;
-constexpr uint32_t kNanKey = 1u;
-__host__ __device__ __forceinline__ uint32_t float_bits(float f) {
-#ifdef __CUDA_ARCH__
-  return __float_as_uint(f);
-#else
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof u);
-  return u;
-#endif
+// Element i of a float tensor whose dtype is known only at run time (moekit_dtype_t: 0 f32, 1 f16,
+// 2 bf16), as float: for small side inputs (an expert bias) where one kernel serves every dtype.
+__device__ __forceinline__ float load_as_float(const void* p, int dtype, int i) {
+  switch (dtype) {
+    case 1: return __half2float(static_cast<const __half*>(p)[i]);
+    case 2: return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
+    default: return static_cast<const float*>(p)[i];
+  }
 }
-// Branch-free (it runs once per element): an arithmetic shift of the sign gives the flip mask.
-// order_key_no_neg_zero is for values that are never -0.0: the scores of sigmoid, sqrtsoftplus and
-// softmax-pre are +0 or more (or NaN), and so is score + bias (a sum is -0 only when both terms
-// are). order_key first adds +0.0, which turns -0.0 into +0.0 and changes nothing else (no flush to
-// zero here): one instruction more per key. Host-callable so that dev/order_key_check.cu can compare
-// order_key with the definition over all 2^32 inputs.
-__host__ __device__ __forceinline__ uint32_t order_key_no_neg_zero(float f) {
-  const uint32_t u = float_bits(f);
-  const uint32_t flip = (uint32_t)((int32_t)u >> 31) | 0x80000000u;  // negative: all bits; else the sign
-  return f != f ? kNanKey : (u ^ flip);
-}
-__host__ __device__ __forceinline__ uint32_t order_key(float f) { return order_key_no_neg_zero(f + 0.0f); }
-__device__ __forceinline__ float key_value(uint32_t k) {
-  if (k <= kNanKey) return __uint_as_float(0x7fc00000u);
-  return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
-}
-constexpr uint32_t kNegInfKey = 0x007fffffu;  // order_key(-inf)
 
 // ---- vector access to a thread's chunk of VEC consecutive elements --------------------------
 // A chunk moves in pieces of at most 16 bytes (the widest access on sm_80/sm_90). `vec` says the row
@@ -196,32 +172,5 @@ __device__ __forceinline__ void pdl_wait_then_release_next() {
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
 }
-
-// ---- score functions (fp32) ---------------------------------------------------------------
-// min that keeps NaN (FMNMX.NAN; fminf would return the other operand).
-__device__ __forceinline__ float min_keep_nan(float a, float b) {
-  float r;
-  asm("min.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
-  return r;
-}
-// sigmoid(x) = 1 / (1 + t) for x >= 0 and t / (1 + t) below, t = e^-|x| in (0, 1]: the
-// denominator stays in [1, 2], where rcp.approx needs no range check. t = 2^h * e^-d with
-// h = -|x| log2(e) rounded and d = |x| + h ln2 (one FMA, |d| <= 2^-17) for the part the rounding of
-// h lost: ex2.approx of h and one FMA for e^-d ~ 1 - d. 11 instructions against 16 for expf and an
-// IEEE-exact division; error <= 4.4 ulp measured (bench/NOTES.md v7.3), subnormal results kept
-// (ex2.approx without .ftz). |x| is capped at 128 (sigmoid is already 0 or 1 there) so that d stays
-// finite at +-inf; NaN stays NaN (the cap keeps it; x >= 0 is false, and t is NaN).
-__device__ __forceinline__ float sigmoidf(float x) {
-  const float a = min_keep_nan(fabsf(x), 128.0f);
-  const float h = a * -1.44269504f;
-  const float d = fmaf(h, 0.693147182f, a);
-  float t;
-  asm("ex2.approx.f32 %0, %1;" : "=f"(t) : "f"(h));
-  t = fmaf(t, -d, t);
-  const float r = approx_rcp(1.0f + t);
-  return x >= 0.0f ? r : t * r;
-}
-// softplus(x) = x above 20, where log1p(exp(x)) == x in fp32 anyway and exp would overflow later.
-__device__ __forceinline__ float softplusf(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
 
 }  // namespace moekit

@@ -91,6 +91,14 @@ struct LaneTeam {
   }
 };
 
+// The row layout of team kernels: each thread holds VPT = NC * VEC elements of the row in registers,
+// chunk c of the thread of team rank r covering elements [(c * team_size + r) * VEC, + VEC), so each
+// chunk is one coalesced sweep of the team over the row. Element index of position (c, v):
+template <int VEC, class Team>
+__device__ __forceinline__ int elem_index(const Team& team, int c, int v) {
+  return (c * team.size() + team.rank) * VEC + v;
+}
+
 struct WarpTeam {
   static constexpr bool kIsWarp = true;
   int rank;

@@ -1,8 +1,10 @@
-// Router kernel instantiations for __half logits (see router_launch.cuh).
-#include "router/router_launch.cuh"
+// The router's launch switch (launch.cuh) instantiated for __half logits: one source per dtype, so
+// that the build compiles the dtypes in parallel.
+#include "router/launch.cuh"
 
 namespace moekit {
 namespace router {
-MOEKIT_ROUTER_INSTANTIATE(__half)
+template cudaError_t launch_forward<__half>(const ForwardPlan&, const ForwardParams&, cudaStream_t);
+template cudaError_t launch_backward<__half>(const BackwardPlan&, const BackwardParams&, cudaStream_t);
 }  // namespace router
 }  // namespace moekit

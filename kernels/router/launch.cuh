@@ -1,0 +1,89 @@
+// The router's one launch switch: a plan (plan.h) to the kernel instantiation that runs it.
+// Included by the per-dtype sources (router_f32.cu, ...), which instantiate it, so that a 2-core
+// build compiles the dtypes in parallel.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "common/launch.h"
+#include "router/backward.cuh"
+#include "router/forward_rows.cuh"
+#include "router/forward_team.cuh"
+#include "router/forward_wide.cuh"
+#include "router/plan.h"
+
+namespace moekit {
+namespace router {
+
+// Elements per vector access of a warp or block row: VPT, at most 16 bytes.
+template <typename T, int VPT>
+constexpr int vec_of() {
+  return VPT < (int)(16 / sizeof(T)) ? VPT : (int)(16 / sizeof(T));
+}
+
+template <typename T, int KIND>
+cudaError_t launch_team(const ForwardPlan& plan, const ForwardParams& a, cudaStream_t stream) {
+  auto go = [&](auto lanes, auto chunks) {
+    constexpr int LANES = decltype(lanes)::value, CHUNKS = decltype(chunks)::value;
+    // FULL kernels only for 8 lanes and more (E >= 64, the models' sizes): a smaller build
+    if constexpr (LANES >= 8)
+      if (plan.full) return launch_kernel(&forward_team_kernel<T, LANES, KIND, CHUNKS, true>, plan.shape, stream, a);
+    return launch_kernel(&forward_team_kernel<T, LANES, KIND, CHUNKS, false>, plan.shape, stream, a);
+  };
+  if (plan.chunks == 1)  // 32 < E <= 256 only (plan.h, team_chunks)
+    return with_int<8, 16, 32>(plan.lanes, [&](auto lanes) { return go(lanes, std::integral_constant<int, 1>{}); });
+  return with_int<1, 2, 4, 8, 16, 32>(plan.lanes, [&](auto lanes) { return go(lanes, std::integral_constant<int, 2>{}); });
+}
+
+// 16-bit logits pack their keys without loss, f32 with a check (forward_wide.cuh)
+template <typename T, int CHUNKS>
+constexpr auto wide_kernel() {
+  if constexpr (sizeof(T) == 4) return &forward_wide_f32_kernel<CHUNKS>;
+  else return &forward_wide_packed_kernel<T, CHUNKS>;
+}
+
+template <typename T>
+cudaError_t launch_forward(const ForwardPlan& plan, const ForwardParams& a, cudaStream_t stream) {
+  switch (plan.path) {
+    case ForwardPath::kTeamRows: {
+      auto team = [&](auto kind) { return launch_team<T, decltype(kind)::value>(plan, a, stream); };
+      // the kernels a dtype can get: 16-bit softmax-post keys are always packed at E <= 512
+      if constexpr (sizeof(T) == 2)
+        return with_int<kSoftmaxPre, kSigmoid, kSqrtSoftplus, kTeamSoftmaxPostPacked>(plan.kernel, team);
+      else
+        return with_int<kSoftmaxPre, kSoftmaxPost, kSigmoid, kSqrtSoftplus, kTeamSoftmaxPostF32Packed>(plan.kernel, team);
+    }
+    case ForwardPath::kWideRows:
+      static_assert(kWideMinChunks == 2 && kWideMaxChunks == 10, "the cases below");
+      return with_int<2, 3, 4, 5, 6, 7, 8, 9, 10>(plan.chunks, [&](auto chunks) {
+        return launch_kernel(wide_kernel<T, decltype(chunks)::value>(), plan.shape, stream, a);
+      });
+    case ForwardPath::kWarpRows:
+      return with_int<1, 2, 4, 8, 16, 32>(plan.vpt, [&](auto vpt) {
+        constexpr int VPT = decltype(vpt)::value, VEC = vec_of<T, VPT>();
+        return launch_kernel(&forward_warp_kernel<T, VEC, VPT / VEC>, plan.shape, stream, a);
+      });
+    case ForwardPath::kBlockRows:
+      return with_int<8, 16, 32>(plan.vpt, [&](auto vpt) {
+        constexpr int VPT = decltype(vpt)::value, VEC = vec_of<T, VPT>();
+        return launch_kernel(&forward_block_kernel<T, VEC, VPT / VEC>, plan.shape, stream, a);
+      });
+  }
+  return cudaErrorInvalidConfiguration;
+}
+
+template <typename T>
+cudaError_t launch_backward(const BackwardPlan& plan, const BackwardParams& a, cudaStream_t stream) {
+  if (plan.path == ForwardPath::kBlockRows)
+    return with_int<8, 16, 32>(plan.vpt, [&](auto vpt) {
+      constexpr int VPT = decltype(vpt)::value, VEC = vec_of<T, VPT>();
+      return launch_kernel(&backward_block_kernel<T, VEC, VPT / VEC>, plan.shape, stream, a);
+    });
+  return with_int<1, 2, 4, 8, 16, 32>(plan.vpt, [&](auto vpt) {
+    constexpr int VPT = decltype(vpt)::value, VEC = vec_of<T, VPT>();
+    return launch_kernel(&backward_warp_kernel<T, VEC, VPT / VEC>, plan.shape, stream, a);
+  });
+}
+
+}  // namespace router
+}  // namespace moekit
