@@ -66,18 +66,22 @@ def dtype_size(name: str) -> int:
 
 
 def bytes_moved(row: Row, T: int, dtype: str, pass_: str) -> int:
-    """Fewest bytes the op must move through device memory (each tensor touched once).
+    """Fewest bytes the op must move through device memory (each tensor touched once, and only
+    where the result depends on it).
 
     forward : read logits [T,E] (+ expert_bias [E] f32), write probs [T,E] (logits dtype),
               bytemap [T,E] u8 and intermediate [T,E] f32.
-    backward: read grad_probs [T,E], intermediate [T,E] f32, bytemap [T,E] u8;
-              write grad_logits [T,E] (grad dtype).
+    backward: read the bytemap [T,E] u8, and grad_probs and the f32 intermediate at the T*K selected
+              positions only (the gradient is 0 elsewhere); softmax-pre reads the intermediate
+              everywhere (every element's gradient needs p); write grad_logits [T,E] (grad dtype).
     """
     ds = dtype_size(dtype)
     elems = T * row.E
     if pass_ == "fwd":
         return elems * (ds + ds + 1 + 4) + (row.E * 4 if row.bias else 0)
-    return elems * (ds + 4 + 1 + ds)
+    if row.score == "softmax" and row.use_pre_softmax:
+        return elems * (1 + 4 + ds) + T * row.K * ds
+    return elems * (1 + ds) + T * row.K * (ds + 4)
 
 
 # ---- the torch composition (SPEC section 1, read step by step) --------------------------------
@@ -185,6 +189,32 @@ def make_moekit_fns(moekit, row: Row):
     return fwd, bwd
 
 
+def plans_of(moekit, row: Row, x, bias, outs, grad_out):
+    """The plans moekit runs for this configuration (its plan-only hook), or None for a build
+    without one."""
+    try:
+        from moekit import _hooks
+    except ImportError:
+        return None
+    fwd, bwd = make_moekit_fns(moekit, row)
+    device = None  # this device's properties
+    return {"fwd": _hooks.plan_of(fwd, x, bias, outs, device=device),
+            "bwd": _hooks.plan_of(bwd, outs[0], outs[2], outs[1], grad_out, device=device)}
+
+
+def apply_tuning(items):
+    """--tune KEY=VALUE and --preset NAME: in-process overrides of the tuning tables (moekit._hooks)."""
+    from moekit import _hooks
+
+    for item in items:
+        name, _, value = item.partition("=")
+        if name == "preset":
+            for knob, v in _hooks.PRESETS[value].items():
+                _hooks.set_tuning(knob, v)
+        else:
+            _hooks.set_tuning(name, int(value))
+
+
 # ---- correctness check (once per configuration, before timing) -----------------------------------
 
 def rel_err(torch, got, ref):
@@ -279,7 +309,7 @@ def torch_dtype(torch, name):
     return {"bf16": torch.bfloat16, "f16": torch.float16, "f32": torch.float32}[name]
 
 
-def run_config(torch, moekit, row, T, dtype, *, peers, reps, timing, l2):
+def run_config(torch, moekit, row, T, dtype, *, peers, reps, timing, l2, check=True):
     """Check, then time every implementation, both passes. Returns two records (fwd, bwd)."""
     td = torch_dtype(torch, dtype)
     dev = "cuda"
@@ -297,7 +327,8 @@ def run_config(torch, moekit, row, T, dtype, *, peers, reps, timing, l2):
 
     results = {"fwd": {}, "bwd": {}}
     notes = {}
-    check = None
+    checked = None
+    plans = None
 
     def record(pass_, impl, fn, inputs):
         try:
@@ -320,7 +351,9 @@ def run_config(torch, moekit, row, T, dtype, *, peers, reps, timing, l2):
                     torch.empty(T, row.E, device=dev, dtype=torch.float32))
             mk_sets.append((x, bias, gp, outs, torch.empty(T, row.E, device=dev, dtype=td)))
         x0, b0, g0, o0, go0 = mk_sets[0]
-        check = check_config(torch, row, dtype, x0, b0, g0, mk_fwd, mk_bwd, o0, go0)
+        plans = plans_of(moekit, row, x0, b0, o0, go0)
+        if check:
+            checked = check_config(torch, row, dtype, x0, b0, g0, mk_fwd, mk_bwd, o0, go0)
         record("fwd", "moekit", mk_fwd, [(x, b, o) for x, b, _, o, _ in mk_sets])
         try:  # the backward consumes each set's own forward outputs
             for x, b, _, o, _ in mk_sets:
@@ -374,8 +407,9 @@ def run_config(torch, moekit, row, T, dtype, *, peers, reps, timing, l2):
             "expert_bias": row.bias, "dtype": dtype, "pass": pass_,
             "bytes": nbytes, "floor_us_at_3TBs": C.floor_us(nbytes),
             "rotation_sets": n_sets,
+            "plan": None if plans is None else plans[pass_],
             "timings": results[pass_],
-            "check": check,
+            "check": checked,
             "notes": notes,
         })
     return records
@@ -409,15 +443,28 @@ def summarize(rec, ceiling_gbs):
     return rec
 
 
+def plan_label(plan):
+    """A short name for a recorded plan: team<lanes>x<chunks>, wide<chunks>, warp<vpt>/<top-k>, block<vpt>/..."""
+    if not plan:
+        return "n/a"
+    path = plan.get("path", "?")
+    if path == "team_rows":
+        return f"team{plan['lanes']}x{plan['chunks']}"
+    if path == "wide_rows":
+        return f"wide{plan['chunks']}"
+    kind = path.split("_")[0]
+    return f"{kind}{plan.get('vpt', '')}" + (f"/{plan['topk']}" if "topk" in plan else "")
+
+
 def table(records):
-    headers = ["T", "E", "K", "score", "dtype", "pass", "moekit us"] + [h for _, h in PEER_COLUMNS] + [
+    headers = ["T", "E", "K", "score", "dtype", "pass", "plan", "moekit us"] + [h for _, h in PEER_COLUMNS] + [
         "moekit GB/s", "% copy", "vs best", "check"]
     rows = []
     for r in records:
         chk = r.get("check")
         chk_txt = "-" if chk is None else ("ok" if chk.get("ok") else "WARN")
         speed = r.get("speedup_vs_best_peer")
-        rows.append([r["T"], r["E"], r["K"], r["score"], r["dtype"], r["pass"],
+        rows.append([r["T"], r["E"], r["K"], r["score"], r["dtype"], r["pass"], plan_label(r.get("plan")),
                      C.fmt_num(us_of(r, "moekit"))] +
                     [C.fmt_num(us_of(r, impl)) for impl, _ in PEER_COLUMNS] +
                     [C.fmt_num(r.get("moekit_gbs"), 0), C.fmt_num(r.get("pct_of_copy")),
@@ -464,6 +511,9 @@ def parse_args(argv=None):
                     help="auto/graph: N calls in a CUDA graph (eager if capture fails); "
                          "eager: back-to-back calls between events (launch-bound for small T)")
     ap.add_argument("--reps", type=int, default=0, help="timed repetitions (default 100, quick 30)")
+    ap.add_argument("--no-check", action="store_true", help="skip the check against the torch composition")
+    ap.add_argument("--tune", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a tuning knob in-process (router.radix_min_k=1, pdl=0, preset=radix); repeatable")
     return ap.parse_args(argv)
 
 
@@ -499,6 +549,8 @@ def main(argv=None):
             C.log(f"moekit probe call failed: {type(exc).__name__}: {exc}")
     if moekit is None:
         C.log(f"moekit not available ({why}); timing the peers only")
+    elif args.tune:
+        apply_tuning(args.tune)
 
     info = C.device_info(torch, moekit)
     l2 = info["l2_bytes"]
@@ -540,7 +592,7 @@ def main(argv=None):
                 for T in tokens:
                     try:
                         recs = run_config(torch, moekit, row, T, dtype, peers=peers, reps=reps,
-                                          timing=args.timing, l2=l2)
+                                          timing=args.timing, l2=l2, check=not args.no_check)
                     except Exception as exc:  # noqa: BLE001 - keep going with other configurations
                         C.log(f"[{row.name} T={T} {dtype}] failed: {exc}\n{traceback.format_exc()}")
                         continue

@@ -1,15 +1,14 @@
-"""Which top-k path wins where in the router forward: iterative rounds, radix select, filtered, packed team.
-
-The library reads its tuning knobs once per process, so each path is timed in its own child process
-over the same grid of (E, K), softmax-post, T = 65536:
-  iterative  MOEKIT_ROUTER_RADIX_MIN_K=99999, filter off
-  radix      MOEKIT_ROUTER_RADIX_MIN_K=1, filter off
-  filtered   MOEKIT_ROUTER_FILTER_MIN_VPT=1 (warp teams, K <= 32; falls back to iterative)
-  team       MOEKIT_ROUTER_TEAM_MAX_K=9999 (team rows, E <= 512 only)
-  wide       MOEKIT_ROUTER_WIDE_MAX_K=9999 (wide packed rows, 512 < E <= 2560 only)
-The first three turn the team and wide rows off (MOEKIT_ROUTER_TEAM_MAX_K=0, MOEKIT_ROUTER_WIDE_MAX_K=0).
-Prints the three times per (E, K) and the winner: the defaults in kernels/router/router.cu come from
-this table (bench/NOTES.md). bf16 softmax-post keys are index-packed (unique); f32 keys are not.
+"""Which top-k path wins where in the router forward: iterative rounds, radix select, filtered, team
+and wide rows, timed over the same grid of (E, K), softmax-post, T = 65536, in one process: each path
+forced in turn through the in-process tuning hooks (moekit._hooks):
+  iterative  router.radix_min_k=99999, filter off
+  radix      router.radix_min_k=1, filter off
+  filtered   router.filter_min_keys_per_lane=1 (warp rows, K <= 32; rounds behind it)
+  team       router.team_max_k=9999 (team rows, E <= 512 only)
+  wide       router.wide_max_k=9999 (wide rows, 512 < E <= 2560 only)
+The first three turn the team and wide rows off. Prints the times per (E, K) and the winner: the
+tuning table in kernels/router/plan.h comes from this table (bench/NOTES.md). bf16 softmax-post keys
+are index-packed (unique); f32 keys are not.
 
     python bench/router_crossover.py [--dtype bf16] [--tokens 65536] [--experts 128,256] [--topk 8,22] [--out DIR]
 """
@@ -17,9 +16,7 @@ this table (bench/NOTES.md). bf16 softmax-post keys are index-packed (unique); f
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -27,18 +24,18 @@ import _common  # noqa: E402
 
 EXPERTS = (128, 256, 512, 1024, 2304)
 TOPKS = (2, 4, 6, 8, 12, 16, 22, 32)
-NO_TEAM = {"MOEKIT_ROUTER_TEAM_MAX_K": "0", "MOEKIT_ROUTER_WIDE_MAX_K": "0"}
+NO_TEAM = {"router.team_max_k": 0, "router.wide_max_k": 0}
 MODES = {
-    "iterative": {"MOEKIT_ROUTER_RADIX_MIN_K": "99999", "MOEKIT_ROUTER_FILTER_MIN_VPT": "0", **NO_TEAM},
-    "radix": {"MOEKIT_ROUTER_RADIX_MIN_K": "1", "MOEKIT_ROUTER_FILTER_MIN_VPT": "0", **NO_TEAM},
-    "filtered": {"MOEKIT_ROUTER_RADIX_MIN_K": "99999", "MOEKIT_ROUTER_FILTER_MIN_VPT": "1", **NO_TEAM},
-    "team": {"MOEKIT_ROUTER_TEAM_MAX_K": "9999", "MOEKIT_ROUTER_WIDE_MAX_K": "0"},
-    "wide": {"MOEKIT_ROUTER_TEAM_MAX_K": "0", "MOEKIT_ROUTER_WIDE_MAX_K": "9999"},
+    "iterative": {"router.radix_min_k": 99999, "router.filter_min_keys_per_lane": 0, **NO_TEAM},
+    "radix": {"router.radix_min_k": 1, "router.filter_min_keys_per_lane": 0, **NO_TEAM},
+    "filtered": {"router.radix_min_k": 99999, "router.filter_min_keys_per_lane": 1, **NO_TEAM},
+    "team": {"router.team_max_k": 9999, "router.wide_max_k": 0},
+    "wide": {"router.team_max_k": 0, "router.wide_max_k": 9999},
 }
 
 
-def mode_covers(mode: str, E: int, dtype: str) -> bool:
-    """Team rows exist for E <= 512; wide rows for 512 < E <= 2560 (f32 with MOEKIT_ROUTER_WIDE_F32)."""
+def mode_covers(mode: str, E: int) -> bool:
+    """Team rows exist for E <= 512; wide rows for 512 < E <= 2560."""
     if mode == "team":
         return E <= 512
     if mode == "wide":
@@ -46,14 +43,15 @@ def mode_covers(mode: str, E: int, dtype: str) -> bool:
     return True
 
 
-def child(dtype_name: str, tokens: int, experts, topks) -> None:
-    """Times every (E, K) with whatever path this process's environment selects; JSON on stdout."""
+def time_paths(dtype_name: str, tokens: int, experts, topks):
+    """{mode: {"E,K": us}} with every mode forced in turn."""
     torch = _common.import_torch()
     import moekit
+    from moekit import _hooks
 
     dtype = {"bf16": torch.bfloat16, "f32": torch.float32}[dtype_name]
     l2 = _common.l2_bytes(torch)
-    out = {}
+    times = {mode: {} for mode in MODES}
     for E in experts:
         per_set = tokens * E * (2 * torch.finfo(dtype).bits // 8 + 5)
         sets = _common.rotation_count(per_set, l2)
@@ -68,9 +66,12 @@ def child(dtype_name: str, tokens: int, experts, topks) -> None:
             def fwd(x, K=K):
                 moekit.router_topk_forward(x, K, score_function="softmax", out=(probs, rmap, inter))
 
-            out[f"{E},{K}"] = _common.time_fn(fwd, [(x,) for x in xs], reps=30)["us"]
+            for mode, knobs in MODES.items():
+                if mode_covers(mode, E):
+                    with _hooks.tuning(knobs):
+                        times[mode][f"{E},{K}"] = _common.time_fn(fwd, [(x,) for x in xs], reps=30)["us"]
         del xs
-    print(json.dumps(out))
+    return times
 
 
 def main(argv=None) -> int:
@@ -80,23 +81,9 @@ def main(argv=None) -> int:
     ap.add_argument("--experts", default=",".join(map(str, EXPERTS)), help="comma-separated E values")
     ap.add_argument("--topk", default=",".join(map(str, TOPKS)), help="comma-separated K values")
     ap.add_argument("--out", default=_common.DEFAULT_OUT_DIR)
-    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.child:
-        child(args.dtype, args.tokens, [int(e) for e in args.experts.split(",")], [int(k) for k in args.topk.split(",")])
-        return 0
-
-    times = {}
-    for mode, knobs in MODES.items():
-        experts = [e for e in args.experts.split(",") if mode_covers(mode, int(e), args.dtype)]
-        if not experts:
-            times[mode] = {}
-            continue
-        env = dict(os.environ, **knobs)
-        done = subprocess.run([sys.executable, __file__, "--child", "--dtype", args.dtype, "--tokens",
-                               str(args.tokens), "--experts", ",".join(experts), "--topk", args.topk], env=env, capture_output=True,
-                              text=True, check=True)
-        times[mode] = json.loads(done.stdout.strip().splitlines()[-1])
+    times = time_paths(args.dtype, args.tokens, [int(e) for e in args.experts.split(",")],
+                       [int(k) for k in args.topk.split(",")])
 
     headers = ["E", "K"] + [f"{m} us" for m in MODES] + ["winner"]
     rows, first_radix = [], {}

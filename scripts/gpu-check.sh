@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# Build, test and benchmark moekit on a GPU machine in one go; prints a short table last.
+# Build, test, benchmark and sanitize moekit on a GPU machine in one go; prints a short table last.
 #   scripts/gpu-check.sh                 everything
-#   TESTS=0 scripts/gpu-check.sh         skip pytest;  SANITIZER=0 / BENCH=0 / PATHS=0 likewise
-#                                        (PATHS: the tie/NaN tests again with each top-k path forced)
-#   CROSSOVER=1 scripts/gpu-check.sh     also time the top-k paths (rounds, radix, filtered, team, wide) (bench/router_crossover.py)
-#   DEV=1 scripts/gpu-check.sh           also build and run dev/*.cu (kernel candidates, checked against the library)
+#   TESTS=0 scripts/gpu-check.sh         skip pytest;  BENCH=0 / SANITIZER=0 likewise
+#   SANITIZER_TOOLS="memcheck racecheck" scripts/gpu-check.sh   a subset of the four tools
+#   CROSSOVER=1 scripts/gpu-check.sh     also time the top-k paths against each other (bench/router_crossover.py)
 #   PYTEST_ARGS="-k ties" BENCH_ARGS="--quick" scripts/gpu-check.sh
 # Logs and JSON go to $OUT (the device tool's output folder) or ./gpu-check-out.
+#
+# The sanitizer gate: each of memcheck, racecheck, synccheck and initcheck first runs on
+# tests/cuda/sanitizer_canary.cu, which holds one planted defect per tool and must be reported (so a
+# tool that sees nothing cannot pass for clean), then on scripts/sanitize_cases.py (every kernel path
+# of every op, defaults and every plan preset), which must show no error and no hazard.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-check-out}
@@ -14,6 +18,7 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 SECONDS=0
 summary=()
+status=0
 note() { echo "== [${SECONDS}s] $*"; }
 
 note "device: $(nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader 2>&1 | head -1)"
@@ -31,39 +36,15 @@ python3 -m moekit info 2>&1
 
 if [ "${TESTS:-1}" = 1 ]; then
   note "pytest"
-  python3 -m pytest -q -p no:cacheprovider --junitxml="$OUT/junit.xml" ${PYTEST_ARGS:-} 2>&1 | tee "$OUT/pytest.log"
+  MOEKIT_REQUIRE_GPU=1 python3 -m pytest -q -p no:cacheprovider --junitxml="$OUT/junit.xml" ${PYTEST_ARGS:-} 2>&1 | tee "$OUT/pytest.log"
   rc=${PIPESTATUS[0]}
+  [ "$rc" = 0 ] || status=1
   counts=$(python3 -c "import sys, xml.etree.ElementTree as E; s = E.parse(sys.argv[1]).getroot(); s = s if s.tag == 'testsuite' else s[0]; print(', '.join(f'{k} {s.get(k)}' for k in ('tests', 'failures', 'errors', 'skipped')))" "$OUT/junit.xml" 2>&1)
   summary+=("pytest: exit $rc, $(grep -E '(passed|failed|error|no tests ran).* in [0-9.]+s' "$OUT/pytest.log" | tail -1) [junit: $counts]")
 fi
 
-if [ "${PATHS:-1}" = 1 ] && [ "${TESTS:-1}" = 1 ]; then
-  # The tie / NaN / signed-zero tests again with each top-k path forced (the defaults pick one per shape).
-  note "ties and NaN tests on each forced top-k path"
-  # (TEAM_MAX_K=0 WIDE_MAX_K=0: no team or wide rows, so the warp and block paths see packed keys
-  # too; the last two force team rows (every score mode, 16 and 8 keys per lane) and wide rows for every K,
-  # the first of them with team rows up to E = 512, the second with wide rows from E = 257)
-  for env in "MOEKIT_ROUTER_RADIX_MIN_K=99999 MOEKIT_ROUTER_FILTER_MIN_VPT=0 MOEKIT_ROUTER_TEAM_MAX_K=0 MOEKIT_ROUTER_WIDE_MAX_K=0" \
-             "MOEKIT_ROUTER_RADIX_MIN_K=1 MOEKIT_ROUTER_TEAM_MAX_K=0 MOEKIT_ROUTER_WIDE_MAX_K=0" \
-             "MOEKIT_ROUTER_RADIX_MIN_K=99999 MOEKIT_ROUTER_FILTER_MIN_VPT=1 MOEKIT_ROUTER_TEAM_MAX_K=0 MOEKIT_ROUTER_WIDE_MAX_K=0" \
-             "MOEKIT_ROUTER_TEAM_MAX_K=9999 MOEKIT_ROUTER_TEAM_ANY_SCORE=1 MOEKIT_ROUTER_TEAM_PACK_F32_MIN_T=1 MOEKIT_ROUTER_WIDE_MAX_K=9999 MOEKIT_ROUTER_TEAM_CHUNKS=2 MOEKIT_ROUTER_WIDE_MIN_E=513" \
-             "MOEKIT_ROUTER_TEAM_MAX_K=9999 MOEKIT_ROUTER_TEAM_ANY_SCORE=1 MOEKIT_ROUTER_TEAM_PACK_F32_MIN_T=1 MOEKIT_ROUTER_WIDE_MAX_K=9999 MOEKIT_ROUTER_TEAM_CHUNKS=1 MOEKIT_ROUTER_WIDE_MIN_E=257"; do
-    env $env python3 -m pytest -q -p no:cacheprovider -k ties tests/test_router_gpu.py >"$OUT/paths-run.log" 2>&1
-    rc=$?
-    { echo "### $env: exit $rc"; cat "$OUT/paths-run.log"; } >>"$OUT/paths.log"
-    summary+=("ties/NaN [$env]: exit $rc, $(grep -E '(passed|failed).* in [0-9.]+s' "$OUT/paths-run.log" | tail -1)")
-    rm -f "$OUT/paths-run.log"
-  done
-fi
-
-if [ "${DEV:-0}" = 1 ]; then
-  note "dev/router_forward_variants.cu (candidate forward kernels next to the library's)"
-  nvcc -O3 -std=c++17 -gencode=arch=compute_${arch},code=sm_${arch} --expt-relaxed-constexpr -Iinclude -Ikernels \
-    dev/router_forward_variants.cu -o /tmp/router_forward_variants && /tmp/router_forward_variants 2>&1 | tee "$OUT/dev.log"
-fi
-
 if [ "${CROSSOVER:-0}" = 1 ]; then
-  note "top-k paths: rounds vs radix vs filtered"
+  note "top-k paths against each other"
   python3 bench/router_crossover.py --out "$OUT" 2>&1 | tee "$OUT/crossover.log"
 fi
 
@@ -73,20 +54,31 @@ if [ "${BENCH:-1}" = 1 ]; then
 fi
 
 if [ "${SANITIZER:-1}" = 1 ]; then
-  note "compute-sanitizer memcheck"
-  # default tuning; iterative rounds everywhere with the cp.async pipeline; filtered top-k and packed team rows
-  # everywhere (16 keys per lane); team rows with 8 keys per lane
-  for env in "" "MOEKIT_ROUTER_PIPELINE=1 MOEKIT_ROUTER_RADIX_MIN_K=99999 MOEKIT_ROUTER_TEAM_MAX_K=0 MOEKIT_ROUTER_WIDE_MAX_K=0" \
-             "MOEKIT_ROUTER_FILTER_MIN_VPT=1 MOEKIT_ROUTER_RADIX_MIN_K=99999 MOEKIT_ROUTER_TEAM_MAX_K=9999 MOEKIT_ROUTER_TEAM_ANY_SCORE=1 MOEKIT_ROUTER_TEAM_PACK_F32_MIN_T=1 MOEKIT_ROUTER_WIDE_MAX_K=9999 MOEKIT_ROUTER_TEAM_CHUNKS=2 MOEKIT_ROUTER_WIDE_MIN_E=257" \
-             "MOEKIT_ROUTER_TEAM_MAX_K=9999 MOEKIT_ROUTER_TEAM_ANY_SCORE=1 MOEKIT_ROUTER_TEAM_PACK_F32_MIN_T=1 MOEKIT_ROUTER_TEAM_CHUNKS=1"; do
-    env $env compute-sanitizer --tool memcheck --error-exitcode 9 python3 scripts/sanitize_cases.py \
-      >"$OUT/memcheck-run.log" 2>&1
+  note "compute-sanitizer gate"
+  canary=$OUT/sanitizer_canary
+  nvcc -std=c++17 -gencode=arch=compute_${arch},code=sm_${arch} tests/cuda/sanitizer_canary.cu -o "$canary" \
+    >>"$OUT/sanitizer.log" 2>&1 || { echo "canary build failed"; status=1; }
+  # The line that counts what a tool found: racecheck reports hazards, the others errors.
+  found() { grep -E "(ERROR SUMMARY|RACECHECK SUMMARY)" "$1" | tail -1; }
+  clean() { grep -qE "(ERROR SUMMARY: 0 errors|RACECHECK SUMMARY: 0 hazards displayed \(0 errors, 0 warnings\))" "$1"; }
+  for tool in ${SANITIZER_TOOLS:-memcheck racecheck synccheck initcheck}; do
+    t0=$SECONDS
+    extra=""
+    [ "$tool" = racecheck ] && extra="--racecheck-report all"
+    compute-sanitizer --tool "$tool" $extra "$canary" "$tool" >"$OUT/canary-run.log" 2>&1
+    if clean "$OUT/canary-run.log" || ! found "$OUT/canary-run.log" >/dev/null; then
+      canary_ok="NOT CAUGHT (the tool is blind: the gate fails)"; status=1
+    else
+      canary_ok="caught ($(found "$OUT/canary-run.log"))"
+    fi
+    compute-sanitizer --tool "$tool" $extra --error-exitcode 9 python3 scripts/sanitize_cases.py >"$OUT/cases-run.log" 2>&1
     rc=$?
-    { echo "### ${env:-defaults}: exit $rc"; cat "$OUT/memcheck-run.log"; } >>"$OUT/memcheck.log"
-    grep -E "MISMATCH|ERROR SUMMARY" "$OUT/memcheck-run.log" | tail -3
-    summary+=("memcheck [${env:-defaults}]: exit $rc, $(grep -E 'ERROR SUMMARY' "$OUT/memcheck-run.log" | tail -1)")
-    rm -f "$OUT/memcheck-run.log"
+    if [ "$rc" = 0 ] && clean "$OUT/cases-run.log"; then verdict="clean"; else verdict="FAILED (exit $rc)"; status=1; fi
+    { echo "### $tool: canary"; cat "$OUT/canary-run.log"; echo "### $tool: cases, exit $rc"; cat "$OUT/cases-run.log"; } >>"$OUT/sanitizer.log"
+    summary+=("$tool: canary $canary_ok; cases $verdict: $(found "$OUT/cases-run.log"), $(grep -c ': ok (' "$OUT/cases-run.log") cases ok ($((SECONDS - t0))s)")
+    rm -f "$OUT/canary-run.log" "$OUT/cases-run.log"
   done
+  rm -f "$canary"
 fi
 
 # The device tool brings back at most 8 files: pack everything into one archive.
@@ -96,3 +88,4 @@ fi
 echo
 echo "== summary (${SECONDS}s)"
 for line in "${summary[@]}"; do echo "  $line"; done
+exit $status

@@ -1,8 +1,13 @@
-"""A few router shapes for compute-sanitizer (scripts/gpu-check.sh): every kernel family and path,
-odd sizes, both selection outputs, small T so the checker stays quick. gpu-check.sh runs it with
-the default tuning and again with the knobs that force the other paths (cp.async pipeline, rounds,
-filtered top-k) so that every kernel path is checked. Exits non-zero on a mismatch
-with the reference too, so a silent wrong answer does not pass as 'no memory error'."""
+"""The cases compute-sanitizer runs (scripts/gpu-check.sh: memcheck, racecheck, synccheck,
+initcheck): every kernel family and path of every op, odd sizes, every selection format, small T so
+that the tools stay quick. The cases run with the default plans and again under each preset of
+moekit._hooks.PRESETS (in this one process), so that every kernel path is reached. Exits non-zero on
+a mismatch with the reference too, so that a silent wrong answer does not pass as 'no error'.
+A new op family adds its cases here (docs/architecture.md).
+
+    python scripts/sanitize_cases.py [--presets rounds,radix]   (default: none and every preset)
+"""
+import argparse
 import sys
 
 import numpy as np
@@ -10,6 +15,7 @@ import torch
 
 import moekit
 from moekit import reference
+from moekit._hooks import PRESETS, tuning
 
 CASES = [  # (T, E, K, score, pre, groups, bias, map_format, dtype[, "grid"])
     (37, 33, 3, "softmax", False, (0, 0), False, "bytemap", torch.float32),
@@ -52,7 +58,7 @@ def rel_err(got, ref):
     return float(np.linalg.norm(got[fin] - ref[fin]) / max(np.linalg.norm(ref[fin]), 1e-30))
 
 
-def main():
+def router_cases(label):
     failures = 0
     for T, E, K, score, pre, (G, Kg), bias, fmt, dt, *extra in CASES:
         x = (torch.randn(T, E, device="cuda") * 2).to(dt)
@@ -77,9 +83,22 @@ def main():
         tol = 1e-5 if dt == torch.float32 else 1e-2
         ep, edx = rel_err(probs, rp), rel_err(dx, rdx)
         ok = same and ep <= tol and edx <= tol
-        print(f"T={T} E={E} K={K} {score}{'-pre' if pre else ''} G={G}/{Kg} bias={bias} {fmt} {dt}: "
+        print(f"[{label}] T={T} E={E} K={K} {score}{'-pre' if pre else ''} G={G}/{Kg} bias={bias} {fmt} {dt}: "
               f"{'ok' if ok else 'MISMATCH'} (probs {ep:.1e}, grad {edx:.1e})")
         failures += not ok
+    return failures
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--presets", default=None, help="comma-separated names (default: defaults and every preset)")
+    args = ap.parse_args()
+    presets = [None, *PRESETS] if args.presets is None else [p or None for p in args.presets.split(",")]
+    failures = 0
+    for preset in presets:
+        with tuning(preset):
+            failures += router_cases(preset or "defaults")
+    print(f"sanitize_cases: {failures} mismatches")
     sys.exit(1 if failures else 0)
 
 

@@ -260,6 +260,8 @@ def _ctype_for(declared_type):
     if "*" in declared_type:
         return ctypes.c_char_p if declared_type.replace(" ", "") == "constchar*" else ctypes.c_void_p
     base = declared_type.split()[-1]
+    if base == "void":
+        return None
     if base == "moekit_stream_t":
         return ctypes.c_void_p
     if base.startswith("moekit_") and base.endswith("_t"):
@@ -267,20 +269,31 @@ def _ctype_for(declared_type):
     return {"int64_t": ctypes.c_int64, "int": ctypes.c_int, "float": ctypes.c_float}[base]
 
 
-def test_every_header_function_has_a_prototype():
-    text = re.sub(r"/\*.*?\*/", "", _header(), flags=re.S)
+def _check_prototypes(header_text, prototypes, what):
+    text = re.sub(r"/\*.*?\*/", "", header_text, flags=re.S)
     declarations = re.findall(r"MOEKIT_API\s+([^;(]+?)\s*\b(moekit_\w+)\s*\(([^)]*)\)\s*;", text)
-    assert declarations, "no MOEKIT_API declaration found in the header"
+    assert declarations, f"no MOEKIT_API declaration found in {what}"
     names = [name for _, name, _ in declarations]
-    assert sorted(names) == sorted(_lib.PROTOTYPES), "header and _lib.PROTOTYPES list different functions"
+    assert sorted(names) == sorted(prototypes), f"{what} and the prototype table list different functions"
     for return_type, name, parameters in declarations:
-        restype, argtypes = _lib.PROTOTYPES[name]
+        restype, argtypes = prototypes[name]
         parameters = [p.strip() for p in parameters.split(",") if p.strip() not in ("", "void")]
         # Drop each parameter's name: "const float* intermediate" -> "const float*".
         types = [re.match(r"(.*?)\s*\w+$", p).group(1) for p in parameters]
         expected = [_ctype_for(t) for t in types]
         assert list(argtypes) == expected, f"{name}: argtypes {argtypes} but the header says {parameters}"
         assert restype == _ctype_for(return_type.strip()), f"{name}: restype {restype}"
+
+
+def test_every_header_function_has_a_prototype():
+    _check_prototypes(_header(), _lib.PROTOTYPES, "moekit.h")
+
+
+def test_every_internal_hook_has_a_prototype():
+    # kernels/common/hooks.h is not installed: the repository's copy (tests run from the repository)
+    hooks = os.path.join(os.path.dirname(__file__), os.pardir, "kernels", "common", "hooks.h")
+    with open(hooks) as header:
+        _check_prototypes(header.read(), _lib.INTERNAL_PROTOTYPES, "kernels/common/hooks.h")
 
 
 # ---- valid calls: no GPU => CUDA_ERROR; T == 0 => SUCCESS, nothing launched ---------------------

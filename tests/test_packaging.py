@@ -77,6 +77,10 @@ def test_exports_only_the_c_abi(package_dir):
     exported = sorted(line.split()[-1].split("@")[0] for line in defined if line.strip())
     assert "moekit_version" in exported and "moekit_last_error" in exported, exported
     assert [name for name in exported if not name.startswith("moekit_")] == []
+    # exactly the C ABI of moekit.h and the in-process hooks of kernels/common/hooks.h
+    from moekit import _lib
+
+    assert set(exported) == set(_lib.PROTOTYPES) | set(_lib.INTERNAL_PROTOTYPES), exported
     # The CUDA runtime is resolved inside the library, not left for the process to supply.
     undefined = _run([nm, "-D", "--undefined-only", package_dir / LIBRARY]).split()
     assert [s for s in undefined if s.startswith(("cuda", "cu"))] == []

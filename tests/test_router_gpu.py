@@ -27,6 +27,8 @@ from typing import Optional
 import numpy as np
 import pytest
 
+from moekit._hooks import PRESETS, tuning
+
 from _util import (
     FLOAT_DTYPES,
     NUMPY_DTYPES,
@@ -47,6 +49,10 @@ from _util import (
 )
 
 pytestmark = pytest.mark.gpu
+
+# The tie / NaN / near-tie tests run with the default plans and again with each preset that forces
+# one family of top-k paths (moekit._hooks.PRESETS): rounds, radix select, filtered, team and wide rows.
+PLAN_PRESETS = [None, *PRESETS]
 
 # Where the op runs. A constant so that the host-side logic can be dry-run on "cpu" with a stand-in.
 DEVICE = "cuda"
@@ -1011,8 +1017,14 @@ def tie_rows(E, K, groups, rng):
     return np.stack(rows), kinds
 
 
+@pytest.mark.parametrize("preset", PLAN_PRESETS)
 @pytest.mark.parametrize("E, K, groups, score, dtype, with_bias", _TIE_PARAMS)
-def test_router_ties_nan_and_signed_zeros(E, K, groups, score, dtype, with_bias, rng):
+def test_router_ties_nan_and_signed_zeros(E, K, groups, score, dtype, with_bias, preset, rng):
+    with tuning(preset):
+        check_ties_nan_and_signed_zeros(E, K, groups, score, dtype, with_bias, rng)
+
+
+def check_ties_nan_and_signed_zeros(E, K, groups, score, dtype, with_bias, rng):
     values, kinds = tie_rows(E, K, groups, rng)
     logits = rounded(values, dtype)
     assert np.array_equal(as_float64(logits), values, equal_nan=True)  # the grid is exact
@@ -1115,7 +1127,13 @@ def ulp_ladder(base, steps):
 @pytest.mark.parametrize("score, dtype", [("softmax_post", "float32"), ("sigmoid", "float32"),
                                           ("sigmoid", "bfloat16")])
 @pytest.mark.parametrize("E, K", NEAR_TIE_SHAPES, ids=[f"E{e}-K{k}" for e, k in NEAR_TIE_SHAPES])
-def test_router_ulp_near_ties_are_exact(E, K, score, dtype, steps, rng):
+@pytest.mark.parametrize("preset", PLAN_PRESETS)
+def test_router_ulp_near_ties_are_exact(E, K, score, dtype, steps, preset, rng):
+    with tuning(preset):
+        check_ulp_near_ties(E, K, score, dtype, steps, rng)
+
+
+def check_ulp_near_ties(E, K, score, dtype, steps, rng):
     n = min(E, 2 * K + 3)  # competitors per row
     rows, bias = [], None
     if score == "softmax_post":

@@ -98,15 +98,18 @@ struct RowPipeline {
 // Streaming 16-byte store (evict-first): outputs written once and read by a later kernel.
 __device__ __forceinline__ void store16_streaming(void* dst, uint4 v) { __stcs(static_cast<uint4*>(dst), v); }
 
-// Team-cooperative fill of `bytes` at `dst` with the 32-bit pattern `word`: 16-byte stores where
-// `dst` is 16-byte aligned, a bytewise head and tail otherwise.
+// Team-cooperative fill of `bytes` at `dst` with the 32-bit pattern `word` (byte i of the region is
+// byte i % 4 of `word`, little-endian, whatever dst's alignment): 16-byte stores from the first
+// 16-byte boundary on, a bytewise head and tail.
 __device__ __forceinline__ void fill(void* dst, int64_t bytes, uint32_t word, int rank, int team_size) {
   uint8_t* d = static_cast<uint8_t*>(dst);
   const int64_t head = static_cast<int64_t>((16 - (reinterpret_cast<uintptr_t>(d) & 15)) & 15);
   const int64_t h = head < bytes ? head : bytes;
   for (int64_t i = rank; i < h; i += team_size) d[i] = static_cast<uint8_t>(word >> (8 * (i & 3)));
   const int64_t body = (bytes - h) / 16;
-  const uint4 v = make_uint4(word, word, word, word);
+  const uint32_t phase = 8u * static_cast<uint32_t>(h & 3);  // the pattern continues across the head
+  const uint32_t w = phase == 0 ? word : (word >> phase) | (word << (32u - phase));
+  const uint4 v = make_uint4(w, w, w, w);
   for (int64_t i = rank; i < body; i += team_size) reinterpret_cast<uint4*>(d + h)[i] = v;
   for (int64_t i = h + body * 16 + rank; i < bytes; i += team_size) d[i] = static_cast<uint8_t>(word >> (8 * (i & 3)));
 }

@@ -87,6 +87,17 @@ PROTOTYPES = {
 }
 
 
+# The in-process hooks of kernels/common/hooks.h (tests and benchmarks; no ABI promise), declared
+# the same way. tests/test_abi.py checks this table against that header.
+INTERNAL_PROTOTYPES = {
+    "moekit_internal_set_tuning": (_enum, (ctypes.c_char_p, _i64)),
+    "moekit_internal_reset_tuning": (None, ()),
+    "moekit_internal_tuning_names": (ctypes.c_char_p, ()),
+    "moekit_internal_plan_only": (None, (_int, _int, _int, _int, _int, _int)),
+    "moekit_internal_last_plan": (ctypes.c_char_p, ()),
+}
+
+
 def _load():
     path = get_library_path()
     if not os.path.exists(path):
@@ -99,7 +110,7 @@ def _load():
         dll = ctypes.CDLL(path)
     except OSError as error:
         raise ImportError(f"moekit: cannot load {path}: {error}") from error
-    for name, (restype, argtypes) in PROTOTYPES.items():
+    for name, (restype, argtypes) in {**PROTOTYPES, **INTERNAL_PROTOTYPES}.items():
         try:
             function = getattr(dll, name)
         except AttributeError:
@@ -120,9 +131,7 @@ def _load():
 
 lib, library_path = _load()
 
-# Bound once: attribute lookup on a CDLL is a dict access, but these are the hot path.
-router_topk_forward = lib.moekit_router_topk_forward
-router_topk_backward = lib.moekit_router_topk_backward
+# Op modules call the C functions as lib.moekit_<op> (a plain attribute of the CDLL once declared).
 _last_error = lib.moekit_last_error
 _status_string = lib.moekit_status_string
 

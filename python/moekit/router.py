@@ -20,7 +20,7 @@ from ._array import (
     require_same_device,
     stream_handle,
 )
-from ._lib import DType, MapFormat, ScoreFunction
+from ._lib import DType, MapFormat, ScoreFunction, lib
 
 __all__ = ["router_topk_forward", "router_topk_backward"]
 
@@ -104,7 +104,7 @@ def router_topk_forward(
     else:
         map_ptr, indices_ptr = selection_array.ptr, None
     status = launch(
-        x.framework, x.device_id, stream, _lib.router_topk_forward,
+        x.framework, x.device_id, stream, lib.moekit_router_topk_forward,
         x.ptr, MOEKIT_DTYPES[x.dtype], num_tokens, num_experts,
         topk, score_code, bool(use_pre_softmax),
         num_groups, group_topk, scaling_factor,
@@ -165,7 +165,7 @@ def router_topk_backward(
     else:
         map_ptr, indices_ptr, index_code = selection.ptr, None, DType.I32
     status = launch(
-        grad.framework, grad.device_id, stream, _lib.router_topk_backward,
+        grad.framework, grad.device_id, stream, lib.moekit_router_topk_backward,
         grad.ptr, MOEKIT_DTYPES[grad.dtype], num_tokens, num_experts,
         saved.ptr,
         map_ptr, map_code,

@@ -65,7 +65,7 @@ def router_topk_forward(
     device = logits.get_device()
     stream = torch_current_stream(device)
     status = launch(
-        "torch", device, stream, _lib.router_topk_forward,
+        "torch", device, stream, _lib.lib.moekit_router_topk_forward,
         logits.data_ptr(), logits_dtype, num_tokens, num_experts,
         topk, score_code, use_pre_softmax,
         num_groups, group_topk, scaling_factor,
@@ -120,7 +120,7 @@ def router_topk_backward(
     device = grad_probs.get_device()
     stream = torch_current_stream(device)
     status = launch(
-        "torch", device, stream, _lib.router_topk_backward,
+        "torch", device, stream, _lib.lib.moekit_router_topk_backward,
         grad_probs.data_ptr(), grad_dtype, shape[0], shape[1],
         intermediate.data_ptr(),
         routing_map.data_ptr(), MapFormat.BYTEMAP,

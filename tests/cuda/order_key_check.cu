@@ -1,10 +1,10 @@
-// Checks the branch-free order_key (kernels/common/device.cuh) against its definition, SPEC's total
+// Checks the branch-free order_key (kernels/common/topk/keys.cuh) against its definition, SPEC's total
 // order on float keys, for every one of the 2^32 float bit patterns. Host only (no GPU needed):
-//   nvcc -O2 -std=c++17 -Iinclude -Ikernels dev/order_key_check.cu -o /tmp/okc && /tmp/okc
+//   nvcc -O2 -std=c++17 -Iinclude -Ikernels tests/cuda/order_key_check.cu -o /tmp/okc && /tmp/okc
 #include <cstdio>
 #include <cstring>
 
-#include "common/device.cuh"
+#include "common/topk/keys.cuh"
 
 // The definition: NaN -> 1, -0.0 as +0.0, non-negative -> bits | sign, negative -> ~bits.
 static uint32_t order_key_definition(float f) {

@@ -1,0 +1,184 @@
+"""Which plan each call gets (kernels/router/plan.h), asked of the real entry points in plan-only
+mode (kernels/common/hooks.h) for an H100's properties: no GPU needed, so this runs in CI.
+
+The benchmark shapes' plans are pinned here: a change of a tuning table shows up as a failing test
+and has to come with its measurement (bench/NOTES.md).
+"""
+
+import pytest
+
+from moekit import _hooks, _lib
+from moekit._lib import DType, MapFormat, ScoreFunction, Status
+
+# Distinct, 256-byte aligned fake device addresses: plan-only mode never touches them.
+LOGITS, PROBS, MAP, INTERMEDIATE, BIAS, GRAD, GRAD_LOGITS, INDICES = (0x100000 * (i + 1) for i in range(8))
+DTYPES = {"bf16": DType.BF16, "f16": DType.F16, "f32": DType.F32}
+SCORES = {"softmax": ScoreFunction.SOFTMAX, "sigmoid": ScoreFunction.SIGMOID, "sqrtsoftplus": ScoreFunction.SQRTSOFTPLUS}
+
+
+def forward_plan(T, E, K, dtype="bf16", score="softmax", pre=False, groups=(0, 0), bias=False, indices=False,
+                 map_format=MapFormat.BYTEMAP, logits=LOGITS, device=_hooks.H100):
+    with _hooks.plan_only(device):
+        status = _lib.lib.moekit_router_topk_forward(
+            logits, DTYPES[dtype], T, E, K, SCORES[score], int(pre), groups[0], groups[1], 1.0,
+            BIAS if bias else None, DType.F32, PROBS, None if map_format == MapFormat.NONE else MAP, map_format,
+            INDICES if indices else None, DType.I32, INTERMEDIATE, None)  # fmt: skip
+        assert status == Status.SUCCESS, _lib.last_error()
+        return _hooks.last_plan()
+
+
+def backward_plan(T, E, K, dtype="bf16", score="softmax", pre=False, map_format=MapFormat.BYTEMAP):
+    with _hooks.plan_only():
+        status = _lib.lib.moekit_router_topk_backward(
+            GRAD, DTYPES[dtype], T, E, INTERMEDIATE, MAP if map_format != MapFormat.NONE else None, map_format,
+            INDICES if map_format == MapFormat.NONE else None, DType.I32, K, SCORES[score], int(pre), 1.0,
+            GRAD_LOGITS, None)  # fmt: skip
+        assert status == Status.SUCCESS, _lib.last_error()
+        return _hooks.last_plan()
+
+
+def subset(plan, **expected):
+    """The entries of `plan` named in `expected`, as strings (plans are key=value text)."""
+    return {key: plan.get(key) for key in expected}, {key: str(value) for key, value in expected.items()}
+
+
+# bench/router.py's rows: (name, E, K, score, groups, bias)
+ROWS = {
+    "e128k8": (128, 8, "softmax", (0, 0), False),
+    "e256k8g8": (256, 8, "sigmoid", (8, 4), True),
+    "e512k22": (512, 22, "softmax", (0, 0), False),
+    "e2304k36": (2304, 36, "softmax", (0, 0), False),
+}
+TEAM = "team_rows"
+FORWARD_PLANS = {  # (row, dtype, T) -> the plan's deciding fields
+    ("e128k8", "bf16", 8192): dict(path=TEAM, kernel="softmax_post_packed", lanes=8, chunks=2, full=1),
+    ("e128k8", "bf16", 65536): dict(path=TEAM, kernel="softmax_post_packed", lanes=8, chunks=2, full=1),
+    ("e128k8", "f32", 8192): dict(path=TEAM, kernel="softmax_post_f32_packed", lanes=16, chunks=1, full=1),
+    ("e128k8", "f32", 65536): dict(path=TEAM, kernel="softmax_post_f32_packed", lanes=8, chunks=2, full=1),
+    ("e256k8g8", "bf16", 8192): dict(path=TEAM, kernel="sigmoid", lanes=32, chunks=1, full=1),
+    ("e256k8g8", "bf16", 65536): dict(path=TEAM, kernel="sigmoid", lanes=16, chunks=2, full=1),
+    ("e256k8g8", "f32", 8192): dict(path=TEAM, kernel="sigmoid", lanes=32, chunks=1, full=1),
+    ("e256k8g8", "f32", 65536): dict(path=TEAM, kernel="sigmoid", lanes=16, chunks=2, full=1),
+    ("e512k22", "bf16", 8192): dict(path="wide_rows", chunks=2, packed=1),
+    ("e512k22", "bf16", 65536): dict(path="wide_rows", chunks=2, packed=1),
+    ("e512k22", "f32", 8192): dict(path="wide_rows", chunks=2, packed=0),
+    ("e512k22", "f32", 65536): dict(path="wide_rows", chunks=2, packed=0),
+    ("e2304k36", "bf16", 8192): dict(path="wide_rows", chunks=9, packed=1),
+    ("e2304k36", "bf16", 65536): dict(path="wide_rows", chunks=9, packed=1),
+    ("e2304k36", "f32", 8192): dict(path="wide_rows", chunks=9, packed=0),
+    ("e2304k36", "f32", 65536): dict(path="wide_rows", chunks=9, packed=0),
+}
+BACKWARD_PLANS = {  # E -> plan (every dtype and T of the benchmark)
+    128: dict(path="warp_rows", vpt=4, threads=128),
+    256: dict(path="warp_rows", vpt=8, threads=128),
+    512: dict(path="warp_rows", vpt=16, threads=128),
+    2304: dict(path="block_rows", vpt=8, threads=288),
+}
+
+
+@pytest.mark.parametrize("row, dtype, T", FORWARD_PLANS, ids=[f"{r}-{d}-T{t}" for r, d, t in FORWARD_PLANS])
+def test_benchmark_shapes_forward_plans(row, dtype, T):
+    E, K, score, groups, bias = ROWS[row]
+    plan = forward_plan(T, E, K, dtype, score, groups=groups, bias=bias)
+    got, want = subset(plan, **FORWARD_PLANS[row, dtype, T])
+    assert got == want, plan
+    assert plan["pdl"] == "1" and plan["vec"] == "1"
+    rows_per_block = 4 * (32 // int(plan["lanes"])) if plan["path"] == TEAM else 4
+    assert int(plan["blocks"]) == -(-T // rows_per_block)
+
+
+@pytest.mark.parametrize("row", ROWS)
+@pytest.mark.parametrize("dtype", ["bf16", "f32"])
+@pytest.mark.parametrize("T", [8192, 65536])
+def test_benchmark_shapes_backward_plans(row, dtype, T):
+    E, K, score, _, _ = ROWS[row]
+    plan = backward_plan(T, E, K, dtype, score)
+    got, want = subset(plan, **BACKWARD_PLANS[E])
+    assert got == want, plan
+    assert int(plan["blocks"]) == (T if plan["path"] == "block_rows" else T // 4)
+
+
+def test_plans_of_other_shapes():
+    # small T: 16-bit softmax-post at E = 512 takes team rows below 8192 tokens, wide rows from there
+    assert forward_plan(4096, 512, 22)["path"] == TEAM
+    assert forward_plan(8192, 512, 22)["path"] == "wide_rows"
+    # unaligned logits: no vector access, and no bounds-test-free (FULL) team kernel
+    plan = forward_plan(8192, 128, 8, logits=LOGITS + 2)
+    assert plan["vec"] == "0" and plan["full"] == "0"
+    # long rows: warp rows up to 1024 experts, block rows above; radix select from K = 4 above 1024
+    assert forward_plan(8192, 1024, 8, score="sigmoid")["path"] == "warp_rows"
+    plan = forward_plan(8192, 4096, 8, score="sigmoid")
+    assert (plan["path"], plan["topk"]) == ("block_rows", "radix")
+    # filtered top-k on warp rows of unpacked keys with many keys per lane
+    assert forward_plan(8192, 1024, 8, score="sigmoid")["topk"] == "filtered"
+    # the sorted-index list of radix select takes shared memory: 2 K words more per team
+    words = int(forward_plan(64, 4096, 36, "f32", "sigmoid")["smem_words"])
+    assert int(forward_plan(64, 4096, 36, "f32", "sigmoid", indices=True)["smem_words"]) == words + 72
+    # no PDL on a device before sm_90
+    ampere = dict(_hooks.H100, cc_major=8)
+    assert forward_plan(8192, 128, 8, device=ampere)["pdl"] == "0"
+
+
+PRESET_PATHS = {  # preset -> (T, E, K, dtype, score, the plan fields it must force)
+    "rounds": (8192, 128, 8, "bf16", "softmax", dict(path="warp_rows", topk="rounds")),
+    "radix": (8192, 128, 8, "bf16", "softmax", dict(path="warp_rows", topk="radix")),
+    "filtered": (8192, 256, 8, "f32", "sigmoid", dict(path="warp_rows", topk="filtered")),
+    "team16": (8192, 256, 8, "bf16", "sigmoid", dict(path=TEAM, chunks=2, lanes=16)),
+    "team8_wide257": (65536, 256, 8, "bf16", "sigmoid", dict(path=TEAM, chunks=1, lanes=32)),
+}
+
+
+@pytest.mark.parametrize("preset", PRESET_PATHS)
+def test_presets_force_their_paths(preset):
+    T, E, K, dtype, score, fields = PRESET_PATHS[preset]
+    default = forward_plan(T, E, K, dtype, score)
+    with _hooks.tuning(preset):
+        forced = forward_plan(T, E, K, dtype, score)
+    got, want = subset(forced, **fields)
+    assert got == want
+    assert forced != default
+    assert forward_plan(T, E, K, dtype, score) == default  # the block's end reset the knobs
+
+
+def test_wide_rows_from_257_experts_with_the_preset():
+    assert forward_plan(1024, 300, 8)["path"] == TEAM
+    with _hooks.tuning("team8_wide257"):
+        assert forward_plan(1024, 300, 8)["path"] == "wide_rows"
+
+
+def test_tuning_knobs_reset_and_unknown_names():
+    default = forward_plan(8192, 128, 8)
+    _hooks.set_tuning("router.team_max_k", 0)
+    try:
+        assert forward_plan(8192, 128, 8)["path"] == "warp_rows"
+    finally:
+        _hooks.reset_tuning()
+    assert forward_plan(8192, 128, 8) == default
+    with pytest.raises(ValueError, match="unknown knob 'router.no_such_knob'"):
+        _hooks.set_tuning("router.no_such_knob", 1)
+    assert set(_hooks.tuning_names()) >= {"pdl", "router.radix_min_k", "router.team_max_k", "router.wide_max_k"}
+    for preset in _hooks.PRESETS.values():
+        assert set(preset) <= set(_hooks.tuning_names())
+
+
+def test_plan_only_still_validates():
+    with _hooks.plan_only():
+        status = _lib.lib.moekit_router_topk_forward(
+            LOGITS, DType.BF16, 8, 128, 0, ScoreFunction.SOFTMAX, 0, 0, 0, 1.0, None, DType.F32, PROBS, MAP,
+            MapFormat.BYTEMAP, None, DType.I32, INTERMEDIATE, None)  # fmt: skip
+    assert status == Status.INVALID_ARGUMENT and "topk" in _lib.last_error()
+
+
+def test_plan_only_is_per_thread():
+    import threading
+
+    with _hooks.plan_only():
+        seen = {}
+
+        def other():  # not in plan-only mode: with no device this launch fails, with one it runs
+            seen["plan"] = _lib.lib.moekit_internal_last_plan()
+
+        worker = threading.Thread(target=other)
+        worker.start()
+        worker.join()
+    assert seen["plan"] == b""
