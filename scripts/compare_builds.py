@@ -81,7 +81,8 @@ def run_child(old_path, preset):
                 probs = torch.full((T, E), float("nan"), device="cuda", dtype=td)
                 inter = torch.full((T, E), float("nan"), device="cuda")
                 shape = (T, E) if fmt == "bytemap" else (T, (E + 7) // 8) if fmt == "bitmap" else (T, K)
-                sel = torch.full(shape, -7, device="cuda", dtype=torch.int64 if fmt == "none" else torch.uint8)
+                sel = (torch.full(shape, -7, device="cuda", dtype=torch.int64) if fmt == "none"
+                       else torch.full(shape, 0xAB, device="cuda", dtype=torch.uint8))
                 grad = torch.full((T, E), float("nan"), device="cuda", dtype=td)
                 st = lib.moekit_router_topk_forward(
                     x.data_ptr(), code, T, E, K, SCORES[score], int(pre), G, Kg, 1.5,

@@ -27,7 +27,7 @@ note "device: $(nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem 
 arch=${CUDAARCHS:-$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d .)}
 [ "$arch" = "90" ] && arch=90a
 note "build + install for sm_$arch"
-if CUDAARCHS=$arch python3 -m pip install --no-build-isolation --no-deps -v . >"$OUT/build.log" 2>&1; then
+if CUDAARCHS=$arch python3 -m pip install --no-build-isolation --no-deps -C build-dir=build/gpu-check -v . >"$OUT/build.log" 2>&1; then
   summary+=("build sm_$arch: ok (${SECONDS}s)")
 else
   tail -40 "$OUT/build.log"; echo "BUILD FAILED"; exit 1
