@@ -10,18 +10,11 @@
 #include <cstdlib>
 #include <vector>
 
+#include "check.h"
+
 #include "moekit/async_loader.cuh"
 
 using namespace moekit::async;
-
-#define CHECK(x)                                                                                   \
-  do {                                                                                             \
-    cudaError_t e_ = (x);                                                                          \
-    if (e_ != cudaSuccess) {                                                                       \
-      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_));      \
-      std::exit(2);                                                                                \
-    }                                                                                              \
-  } while (0)
 
 // Each warp walks rows gridDim.x * warps apart; a row of `bytes` (stride: bytes rounded up to 16) is
 // staged, then copied out lane by lane, with the stage's 16-byte-rounded tail into `tail`.

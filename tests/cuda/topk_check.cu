@@ -14,6 +14,8 @@
 #include <random>
 #include <vector>
 
+#include "check.h"
+
 #include "common/team.cuh"
 #include "common/topk/filtered.cuh"
 #include "common/topk/groups.cuh"
@@ -23,15 +25,6 @@
 #include "common/topk/rounds.cuh"
 
 using namespace moekit;
-
-#define CHECK(x)                                                                                   \
-  do {                                                                                             \
-    cudaError_t e_ = (x);                                                                          \
-    if (e_ != cudaSuccess) {                                                                       \
-      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_));      \
-      std::exit(2);                                                                                \
-    }                                                                                              \
-  } while (0)
 
 struct Problem {
   int E, K, G = 0, Kg = 0;  // groups: G > 0
