@@ -1,7 +1,7 @@
 """The bit-level facts the router forward relies on to pack expert indices into its selection keys.
 
-kernels/common/device.cuh maps a float32 score to a uint32 key whose integer order is the SPEC
-order (order_key), and kernels/router/router_kernels.cuh (forward_row, "packed keys") replaces the
+kernels/common/topk/keys.cuh maps a float32 score to a uint32 key whose integer order is the SPEC
+order (order_key), and the router (kernels/router/forward_rows.cuh, row_select) replaces the
 low bits of the keys of bf16 / f16 softmax-post logits with (mask - expert index). That is only
 correct if those low bits never carry information, if the packed key of a real expert is never 0
 (the "absent" key of padding lanes), and if integer order of packed keys is exactly the SPEC order
@@ -19,12 +19,12 @@ from moekit import reference
 
 ABSENT_KEY = 0  # padding lanes
 NAN_KEY = 1
-FREE_BITS = {"bfloat16": 16, "float16": 13}  # router_kernels.cuh kFreeBits
-MAX_PACKED_E = {"bfloat16": 16384, "float16": (1 << 13) - 1}  # router.cu keys_packed (E < 2^13 for f16)
+FREE_BITS = {"bfloat16": 16, "float16": 13}  # forward_rows.cuh kFreeBits
+MAX_PACKED_E = {"bfloat16": 16384, "float16": (1 << 13) - 1}  # plan.h keys_packed (E < 2^13 for f16)
 
 
 def order_key(values):
-    """device.cuh order_key on float32 values -> uint32 keys."""
+    """keys.cuh order_key on float32 values -> uint32 keys."""
     f = np.asarray(values, dtype=np.float32)
     u = f.view(np.uint32).copy()
     u[u == 0x80000000] = 0  # -0.0 ranks as +0.0

@@ -7,8 +7,10 @@
  *     and the CUDA stream last (NULL = the legacy default stream);
  *   - validates every argument on the host before any CUDA call; on failure it launches
  *     nothing and moekit_last_error() names the op, the argument and the value;
- *   - never allocates device memory, never synchronizes, never changes the current device.
- * Tensors are row-major with a contiguous last dimension. Semantics: SPEC.md.
+ *   - never allocates device memory, never synchronizes, never changes the current device: an op
+ *     that needs scratch memory takes a caller workspace (void* workspace, size_t workspace_bytes,
+ *     256-byte aligned) whose size moekit_<op>_workspace_size(...) returns.
+ * Tensors are row-major with a contiguous last dimension. Semantics: docs/spec.md.
  */
 #ifndef MOEKIT_MOEKIT_H_
 #define MOEKIT_MOEKIT_H_
