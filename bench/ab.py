@@ -4,11 +4,13 @@ and each cell keeps its best round. Prints moekit's time per benchmark cell for 
 side, with the ratio to the first setting.
 
     python bench/ab.py "" "pdl=0" -- --tokens 8192
-    python bench/ab.py "@.ab/old" "" --rounds 2 -- --no-check     # another build against this one
-    python bench/ab.py "@.ab/old MOEKIT_ROUTER_RADIX_MIN_K=1" "preset=radix"
+    python bench/ab.py "@/path/to/old" "" --rounds 2 -- --no-check     # another build against this one
+    python bench/ab.py "@/path/to/old MOEKIT_ROUTER_RADIX_MIN_K=1 MOEKIT_ROUTER_FILTER_MIN_VPT=0 \
+        MOEKIT_ROUTER_TEAM_MAX_K=0 MOEKIT_ROUTER_WIDE_MAX_K=0" "preset=radix"   # a build before the hooks
 
 A setting is a space-separated list of items ("" = the installed build with its defaults):
-  @DIR        the build in DIR: DIR/python first on PYTHONPATH, DIR/libmoekit.so.1 as MOEKIT_LIBRARY
+  @DIR        a build directory DIR holding python/ (the package's sources, first on PYTHONPATH) and
+              libmoekit.so.1 (as MOEKIT_LIBRARY)
   NAME=VALUE  an environment variable of the run where NAME is upper case (MOEKIT_PDL, or an older
               build's tuning variables); otherwise an in-process tuning knob of moekit._hooks
               (router.radix_min_k=1, pdl=0) or preset=NAME (a moekit._hooks.PRESETS entry)

@@ -203,16 +203,12 @@ def plans_of(moekit, row: Row, x, bias, outs, grad_out):
 
 
 def apply_tuning(items):
-    """--tune KEY=VALUE and --preset NAME: in-process overrides of the tuning tables (moekit._hooks)."""
+    """--tune KEY=VALUE (preset=NAME for a moekit._hooks.PRESETS entry): in-process overrides."""
     from moekit import _hooks
 
     for item in items:
         name, _, value = item.partition("=")
-        if name == "preset":
-            for knob, v in _hooks.PRESETS[value].items():
-                _hooks.set_tuning(knob, v)
-        else:
-            _hooks.set_tuning(name, int(value))
+        _hooks.apply(value if name == "preset" else {name: int(value)})
 
 
 # ---- correctness check (once per configuration, before timing) -----------------------------------

@@ -1,9 +1,9 @@
 """Which top-k path wins where in the router forward: iterative rounds, radix select, filtered, team
 and wide rows, timed over the same grid of (E, K), softmax-post, T = 65536, in one process: each path
 forced in turn through the in-process tuning hooks (moekit._hooks):
-  iterative  router.radix_min_k=99999, filter off
-  radix      router.radix_min_k=1, filter off
-  filtered   router.filter_min_keys_per_lane=1 (warp rows, K <= 32; rounds behind it)
+  iterative  preset "rounds" (router.radix_min_k=99999, filter off)
+  radix      preset "radix" (router.radix_min_k=1, filter off)
+  filtered   preset "filtered" (router.filter_min_keys_per_lane=1: warp rows, K <= 32; rounds behind it)
   team       router.team_max_k=9999 (team rows, E <= 512 only)
   wide       router.wide_max_k=9999 (wide rows, 512 < E <= 2560 only)
 The first three turn the team and wide rows off. Prints the times per (E, K) and the winner: the
@@ -24,11 +24,10 @@ import _common  # noqa: E402
 
 EXPERTS = (128, 256, 512, 1024, 2304)
 TOPKS = (2, 4, 6, 8, 12, 16, 22, 32)
-NO_TEAM = {"router.team_max_k": 0, "router.wide_max_k": 0}
-MODES = {
-    "iterative": {"router.radix_min_k": 99999, "router.filter_min_keys_per_lane": 0, **NO_TEAM},
-    "radix": {"router.radix_min_k": 1, "router.filter_min_keys_per_lane": 0, **NO_TEAM},
-    "filtered": {"router.radix_min_k": 99999, "router.filter_min_keys_per_lane": 1, **NO_TEAM},
+MODES = {  # mode -> what a moekit._hooks.tuning block gets: a preset name or knobs
+    "iterative": "rounds",
+    "radix": "radix",
+    "filtered": "filtered",
     "team": {"router.team_max_k": 9999, "router.wide_max_k": 0},
     "wide": {"router.team_max_k": 0, "router.wide_max_k": 9999},
 }

@@ -7,7 +7,7 @@ output byte must agree. Run after a change that must not change results (a refac
 
 The installed moekit is the new build. Each plan preset (moekit._hooks.PRESETS, and the defaults)
 runs in its own process: the new build takes the preset through its in-process hooks, the old one
-through the environment variables older builds read (OLD_ENV below). Exit status 1 on any difference.
+through the environment variables older builds read (OLD_NAMES below). Exit status 1 on any difference.
 """
 
 import argparse
@@ -16,18 +16,29 @@ import os
 import subprocess
 import sys
 
-# The environment variables of builds before the in-process hooks, per preset.
-_NO_TEAM = "MOEKIT_ROUTER_TEAM_MAX_K=0 MOEKIT_ROUTER_WIDE_MAX_K=0"
-_EVERY_TEAM = ("MOEKIT_ROUTER_TEAM_MAX_K=9999 MOEKIT_ROUTER_TEAM_ANY_SCORE=1 MOEKIT_ROUTER_TEAM_PACK_F32_MIN_T=1 "
-               "MOEKIT_ROUTER_WIDE_MAX_K=9999")
-OLD_ENV = {
-    "defaults": "",
-    "rounds": f"MOEKIT_ROUTER_RADIX_MIN_K=99999 MOEKIT_ROUTER_FILTER_MIN_VPT=0 {_NO_TEAM}",
-    "radix": f"MOEKIT_ROUTER_RADIX_MIN_K=1 {_NO_TEAM}",
-    "filtered": f"MOEKIT_ROUTER_RADIX_MIN_K=99999 MOEKIT_ROUTER_FILTER_MIN_VPT=1 {_NO_TEAM}",
-    "team16": f"{_EVERY_TEAM} MOEKIT_ROUTER_TEAM_CHUNKS=2 MOEKIT_ROUTER_WIDE_MIN_E=513",
-    "team8_wide257": f"{_EVERY_TEAM} MOEKIT_ROUTER_TEAM_CHUNKS=1 MOEKIT_ROUTER_WIDE_MIN_E=257",
+# The environment variables that builds before the in-process hooks read in place of each knob.
+OLD_NAMES = {
+    "router.radix_min_k": "MOEKIT_ROUTER_RADIX_MIN_K",
+    "router.filter_min_keys_per_lane": "MOEKIT_ROUTER_FILTER_MIN_VPT",
+    "router.warp_max_experts": "MOEKIT_ROUTER_WARP_MAX_E",
+    "router.team_max_k": "MOEKIT_ROUTER_TEAM_MAX_K",
+    "router.team_any_score": "MOEKIT_ROUTER_TEAM_ANY_SCORE",
+    "router.team_chunks": "MOEKIT_ROUTER_TEAM_CHUNKS",
+    "router.team_pack_f32_min_t": "MOEKIT_ROUTER_TEAM_PACK_F32_MIN_T",
+    "router.wide_max_k": "MOEKIT_ROUTER_WIDE_MAX_K",
+    "router.wide_f32": "MOEKIT_ROUTER_WIDE_F32",
+    "router.wide_min_experts": "MOEKIT_ROUTER_WIDE_MIN_E",
+    "pdl": "MOEKIT_PDL",
 }
+
+
+def old_env(preset):
+    """The older build's environment for a preset (or "defaults")."""
+    from moekit._hooks import PRESETS
+
+    knobs = {} if preset == "defaults" else PRESETS[preset]
+    return {OLD_NAMES[name]: str(value) for name, value in knobs.items()}
+
 
 SCORES = {"softmax": 0, "sigmoid": 1, "sqrtsoftplus": 2}
 MAPS = {"none": 0, "bytemap": 1, "bitmap": 2}
@@ -110,17 +121,16 @@ def run_child(old_path, preset):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("old", help="the other build's libmoekit.so.1")
-    ap.add_argument("--presets", default=",".join(OLD_ENV))
+    ap.add_argument("--presets", default=None, help="comma-separated (default: defaults and every preset)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         return run_child(os.path.abspath(args.old), args.child)
+    from moekit._hooks import PRESETS
+
     status = 0
-    for preset in args.presets.split(","):
-        env = dict(os.environ)
-        for item in OLD_ENV[preset].split():
-            name, _, value = item.partition("=")
-            env[name] = value
+    for preset in ["defaults", *PRESETS] if args.presets is None else args.presets.split(","):
+        env = dict(os.environ, **old_env(preset))
         status |= subprocess.call([sys.executable, __file__, args.old, "--child", preset], env=env)
     return status
 

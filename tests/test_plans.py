@@ -172,13 +172,43 @@ def test_plan_only_still_validates():
 def test_plan_only_is_per_thread():
     import threading
 
-    with _hooks.plan_only():
-        seen = {}
+    mine = forward_plan(8192, 128, 8)  # recorded in this thread (H100: pdl=1)
+    seen = {}
 
-        def other():  # not in plan-only mode: with no device this launch fails, with one it runs
-            seen["plan"] = _lib.lib.moekit_internal_last_plan()
+    def other():
+        seen["before"] = _hooks.last_plan()  # this thread has recorded nothing
+        seen["plan"] = forward_plan(8192, 128, 8, device=dict(_hooks.H100, cc_major=8))  # pdl=0
+        seen["after"] = _hooks.last_plan()
 
-        worker = threading.Thread(target=other)
-        worker.start()
-        worker.join()
-    assert seen["plan"] == b""
+    worker = threading.Thread(target=other)
+    worker.start()
+    worker.join()
+    assert _hooks.last_plan() == mine  # the other thread's plan did not replace this thread's
+    assert seen["before"] == {}
+    assert seen["plan"] == seen["after"] and seen["plan"]["pdl"] == "0" and mine["pdl"] == "1"
+
+
+# Each knob, a value and a call whose plan it changes: every knob the hooks accept is read by a
+# tuning function (a name misspelt there would leave its knob without effect, and fail here).
+KNOB_EFFECTS = {
+    "pdl": (0, dict(T=8192, E=128, K=8), "pdl"),
+    "router.radix_min_k": (1, dict(T=64, E=4096, K=2, score="sigmoid"), "topk"),
+    "router.filter_min_keys_per_lane": (0, dict(T=8192, E=1024, K=8, score="sigmoid"), "topk"),
+    "router.warp_max_experts": (512, dict(T=8192, E=1024, K=8, score="sigmoid"), "path"),
+    "router.team_max_k": (0, dict(T=8192, E=128, K=8), "path"),
+    "router.team_any_score": (0, dict(T=8192, E=256, K=8, score="sigmoid"), "path"),
+    "router.team_chunks": (2, dict(T=8192, E=256, K=8, score="sigmoid"), "chunks"),
+    "router.team_pack_f32_min_t": (1, dict(T=4096, E=128, K=8, dtype="f32"), "kernel"),
+    "router.wide_max_k": (0, dict(T=8192, E=512, K=22), "path"),
+    "router.wide_f32": (0, dict(T=8192, E=512, K=22, dtype="f32"), "path"),
+    "router.wide_min_experts": (600, dict(T=8192, E=512, K=22), "path"),
+}
+
+
+def test_every_knob_changes_a_plan():
+    assert set(KNOB_EFFECTS) == set(_hooks.tuning_names())
+    for knob, (value, call, field) in KNOB_EFFECTS.items():
+        default = forward_plan(**call)
+        with _hooks.tuning({knob: value}):
+            forced = forward_plan(**call)
+        assert forced[field] != default[field], (knob, default, forced)

@@ -48,14 +48,23 @@ thread_local PlanOnly g_plan_only;
 
 }  // namespace
 
-bool tuning_overridden() { return g_any.load(std::memory_order_acquire); }
-
-bool tuning_override(const char* name, int64_t* value) {
-  if (!tuning_overridden()) return false;
-  const int i = knob_index(name);
+TuningOverrides tuning_overrides() {
+  static_assert(kNumKnobs <= TuningOverrides::kMaxKnobs, "TuningOverrides holds every knob");
+  TuningOverrides o;
+  if (!g_any.load(std::memory_order_acquire)) return o;
   std::lock_guard<std::mutex> lock(g_mutex);
-  if (i < 0 || !g_set[i]) return false;
-  *value = g_value[i];
+  for (int i = 0; i < kNumKnobs; ++i) {
+    o.set_[i] = g_set[i];
+    o.value_[i] = g_value[i];
+    o.any_ = o.any_ || g_set[i];
+  }
+  return o;
+}
+
+bool TuningOverrides::get(const char* name, int64_t* value) const {
+  const int i = any_ ? knob_index(name) : -1;
+  if (i < 0 || !set_[i]) return false;
+  *value = value_[i];
   return true;
 }
 
@@ -122,7 +131,7 @@ MOEKIT_API void moekit_internal_plan_only(int enable, int sm_count, int cc_major
                                           int smem_per_block_optin, int smem_per_sm) {
   PlanOnly& p = g_plan_only;
   p.enabled = enable != 0;
-  p.last[0] = '\0';
+  if (p.enabled) p.last[0] = '\0';  // the last plan stays readable after the mode ends
   p.device = DeviceInfo{};
   p.device.device = -1;
   p.device.sm_count = sm_count;

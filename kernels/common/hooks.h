@@ -28,7 +28,8 @@ MOEKIT_API const char* moekit_internal_tuning_names(void);
  * current device's). enable == 0: launches again. */
 MOEKIT_API void moekit_internal_plan_only(int enable, int sm_count, int cc_major, int cc_minor,
                                           int smem_per_block_optin, int smem_per_sm);
-/* The plan the calling thread's last call recorded in plan-only mode, "key=value ..." ("" if none). */
+/* The plan the calling thread's last call recorded in plan-only mode, "key=value ..." ("" if none
+ * since the mode was last entered). */
 MOEKIT_API const char* moekit_internal_last_plan(void);
 
 #ifdef __cplusplus
@@ -40,10 +41,24 @@ MOEKIT_API const char* moekit_internal_last_plan(void);
 
 namespace moekit {
 
-// Whether any knob is overridden: one atomic load, so that the plans' normal case costs nothing more.
-bool tuning_overridden();
-// A knob's current override, if any: true and *value set where one is in place.
-bool tuning_override(const char* name, int64_t* value);
+// The knobs overridden at one moment (copied under one lock, so a concurrent set or reset cannot
+// leave half of them). A family's tuning function reads its knobs from it by name.
+class TuningOverrides {
+ public:
+  // True and *value set where `name` is overridden. A name no family registered (kKnobs in
+  // hooks.cpp) is a bug of the caller: tests/test_plans.py checks that every knob changes a plan.
+  bool get(const char* name, int64_t* value) const;
+  bool any() const { return any_; }
+
+ private:
+  friend TuningOverrides tuning_overrides();
+  static constexpr int kMaxKnobs = 32;
+  bool any_ = false;
+  bool set_[kMaxKnobs] = {};
+  int64_t value_[kMaxKnobs] = {};
+};
+// The current overrides; costs one atomic load when there are none (the plans' normal case).
+TuningOverrides tuning_overrides();
 
 // The device an entry point plans for: the plan-only device on this thread, else the current one.
 moekit_status_t plan_device(const char* op, const DeviceInfo** dev);

@@ -17,7 +17,7 @@ bool pdl_switch() {
     return end == v || *end != '\0' || x != 0;  // only a number 0 turns it off
   }();
   int64_t forced = 0;
-  if (tuning_override("pdl", &forced)) return forced != 0;
+  if (tuning_overrides().get("pdl", &forced)) return forced != 0;
   return from_env;
 }
 

@@ -19,11 +19,12 @@ struct LaunchShape {
   int64_t blocks = 0;
   int threads = 0;
   size_t smem_bytes = 0;  // dynamic shared memory per block
-  bool pdl = false;       // the device allows programmatic dependent launch (sm_90 and later)
+  bool pdl = false;       // programmatic dependent launch: plans set the device's capability
+                          // (sm_90+), entry points then apply pdl_switch()
 };
 
 // Whether launches may use programmatic dependent launch: MOEKIT_PDL (read once; 0 turns it off),
-// unless an internal hook overrides it (hooks.h).
+// unless an internal hook overrides it (hooks.h). Timing only: it never changes a result.
 bool pdl_switch();
 
 // NOT_SUPPORTED where the shape needs more shared memory per block than the device has.
@@ -48,7 +49,7 @@ cudaError_t launch_kernel(Kernel kernel, const LaunchShape& s, cudaStream_t stre
   attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attr.val.programmaticStreamSerializationAllowed = 1;
   config.attrs = &attr;
-  config.numAttrs = s.pdl && pdl_switch() ? 1 : 0;
+  config.numAttrs = s.pdl ? 1 : 0;
   return cudaLaunchKernelEx(&config, kernel, params);
 }
 

@@ -15,12 +15,6 @@
 namespace moekit {
 namespace router {
 
-// Elements per vector access of a warp or block row: VPT, at most 16 bytes.
-template <typename T, int VPT>
-constexpr int vec_of() {
-  return VPT < (int)(16 / sizeof(T)) ? VPT : (int)(16 / sizeof(T));
-}
-
 template <typename T, int KIND>
 cudaError_t launch_team(const ForwardPlan& plan, const ForwardParams& a, cudaStream_t stream) {
   auto go = [&](auto lanes, auto chunks) {
@@ -60,12 +54,12 @@ cudaError_t launch_forward(const ForwardPlan& plan, const ForwardParams& a, cuda
       });
     case ForwardPath::kWarpRows:
       return with_int<1, 2, 4, 8, 16, 32>(plan.vpt, [&](auto vpt) {
-        constexpr int VPT = decltype(vpt)::value, VEC = vec_of<T, VPT>();
+        constexpr int VPT = decltype(vpt)::value, VEC = vec_width((int)sizeof(T), VPT);
         return launch_kernel(&forward_warp_kernel<T, VEC, VPT / VEC>, plan.shape, stream, a);
       });
     case ForwardPath::kBlockRows:
       return with_int<8, 16, 32>(plan.vpt, [&](auto vpt) {
-        constexpr int VPT = decltype(vpt)::value, VEC = vec_of<T, VPT>();
+        constexpr int VPT = decltype(vpt)::value, VEC = vec_width((int)sizeof(T), VPT);
         return launch_kernel(&forward_block_kernel<T, VEC, VPT / VEC>, plan.shape, stream, a);
       });
   }
@@ -76,11 +70,11 @@ template <typename T>
 cudaError_t launch_backward(const BackwardPlan& plan, const BackwardParams& a, cudaStream_t stream) {
   if (plan.path == ForwardPath::kBlockRows)
     return with_int<8, 16, 32>(plan.vpt, [&](auto vpt) {
-      constexpr int VPT = decltype(vpt)::value, VEC = vec_of<T, VPT>();
+      constexpr int VPT = decltype(vpt)::value, VEC = vec_width((int)sizeof(T), VPT);
       return launch_kernel(&backward_block_kernel<T, VEC, VPT / VEC>, plan.shape, stream, a);
     });
   return with_int<1, 2, 4, 8, 16, 32>(plan.vpt, [&](auto vpt) {
-    constexpr int VPT = decltype(vpt)::value, VEC = vec_of<T, VPT>();
+    constexpr int VPT = decltype(vpt)::value, VEC = vec_width((int)sizeof(T), VPT);
     return launch_kernel(&backward_warp_kernel<T, VEC, VPT / VEC>, plan.shape, stream, a);
   });
 }

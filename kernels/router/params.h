@@ -14,6 +14,9 @@ enum MapKind : int { kMapNone = 0, kMapBytes = 1, kMapBits = 2 };
 enum TopkPath : int { kTopkDefault = 0, kTopkFiltered = 1 };
 
 constexpr float kEps = 1e-20f;  // SPEC: the sigmoid / sqrtsoftplus normalization epsilon
+// Elements per vector access of a warp or block row holding vpt elements per thread: at most 16 bytes.
+constexpr int vec_width(int elem_bytes, int vpt) { return vpt < 16 / elem_bytes ? vpt : 16 / elem_bytes; }
+
 // Block rows have at most this many threads, so the compiler may give each 128 registers.
 constexpr int kMaxBlockThreads = 512;
 

@@ -60,22 +60,23 @@ struct RouterTuning {
 // (hooks.h). Each knob replaces its rule with one value, as its name says.
 inline RouterTuning router_tuning() {
   RouterTuning t;
-  if (!tuning_overridden()) return t;
+  const TuningOverrides o = tuning_overrides();
+  if (!o.any()) return t;
   int64_t v;
-  if (tuning_override("router.radix_min_k", &v) && v > 0)
+  if (o.get("router.radix_min_k", &v) && v > 0)
     for (ByExperts& r : t.radix_min_k) r.packed = r.other = (int)v;
-  if (tuning_override("router.filter_min_keys_per_lane", &v)) t.filter_min_keys_per_lane = (int)v;
-  if (tuning_override("router.warp_max_experts", &v)) t.warp_max_experts = (int)std::min<int64_t>(std::max<int64_t>(v, 32), 1024);
-  if (tuning_override("router.team_max_k", &v) && v >= 0) {
+  if (o.get("router.filter_min_keys_per_lane", &v)) t.filter_min_keys_per_lane = (int)v;
+  if (o.get("router.warp_max_experts", &v)) t.warp_max_experts = (int)std::min<int64_t>(std::max<int64_t>(v, 32), 1024);
+  if (o.get("router.team_max_k", &v) && v >= 0) {
     for (ByExperts& r : t.team_max_k) r.packed = r.other = (int)v;
     t.team_max_k_f32_packed = (int)v;
   }
-  if (tuning_override("router.team_any_score", &v)) t.team_any_score = (int)v;
-  if (tuning_override("router.team_chunks", &v) && (v == 1 || v == 2)) t.team_chunks = (int)v;
-  if (tuning_override("router.team_pack_f32_min_t", &v)) t.team_pack_f32_min_t = v;
-  if (tuning_override("router.wide_max_k", &v) && v >= 0) t.wide_max_k = (int)std::min<int64_t>(v, kWideMaxK);
-  if (tuning_override("router.wide_f32", &v)) t.wide_f32 = (int)v;
-  if (tuning_override("router.wide_min_experts", &v) && v > 0) t.wide_min_experts = t.wide_min_experts_16bit = (int)v;
+  if (o.get("router.team_any_score", &v)) t.team_any_score = (int)v;
+  if (o.get("router.team_chunks", &v) && (v == 1 || v == 2)) t.team_chunks = (int)v;
+  if (o.get("router.team_pack_f32_min_t", &v)) t.team_pack_f32_min_t = v;
+  if (o.get("router.wide_max_k", &v) && v >= 0) t.wide_max_k = (int)std::min<int64_t>(v, kWideMaxK);
+  if (o.get("router.wide_f32", &v)) t.wide_f32 = (int)v;
+  if (o.get("router.wide_min_experts", &v) && v > 0) t.wide_min_experts = t.wide_min_experts_16bit = (int)v;
   return t;
 }
 
@@ -119,10 +120,6 @@ inline int next_pow2(int x) {
   int p = 1;
   while (p < x) p <<= 1;
   return p;
-}
-inline int vec_for(moekit_dtype_t t, int vpt) {  // elements per 16-byte access, at most vpt
-  const int per16 = 16 / dtype_size(t);
-  return vpt < per16 ? vpt : per16;
 }
 
 // Softmax-post keys of 16-bit logits have 16 (bf16) or 13 (f16) free low bits: room for the index
@@ -192,7 +189,7 @@ inline ForwardPlan plan_forward(const ForwardProblem& p, const DeviceInfo& dev, 
   plan.radix = p.K >= by_experts(t.radix_min_k, 5, p.E, plan.packed);
   const bool pack_f32 = p.dtype == MOEKIT_DTYPE_F32 && p.mode == kSoftmaxPost && p.T >= t.team_pack_f32_min_t;
   plan.shape.pdl = dev.cc_major >= 9;
-  int vec_width = kTeamVec;  // team and wide rows move 8-element chunks
+  int vec_elems = kTeamVec;  // team and wide rows move 8-element chunks
   if ((plan.chunks = wide_chunks(t, p, plan.packed)) > 0) {
     plan.path = ForwardPath::kWideRows;
     plan.shape.threads = 32 * kWarpsPerBlock;
@@ -213,12 +210,12 @@ inline ForwardPlan plan_forward(const ForwardProblem& p, const DeviceInfo& dev, 
     const int words = 256 + 4 + p.G + ((plan.radix && p.indices) ? 2 * p.K : 0);
     plan.smem_words_per_team = (words + 3) / 4 * 4;
     general_rows(&plan.path, &plan.vpt, &plan.shape, p.T, p.E, plan.smem_words_per_team, t);
-    vec_width = vec_for(p.dtype, plan.vpt);
+    vec_elems = vec_width(dtype_size(p.dtype), plan.vpt);
     const int min_vpt = t.filter_min_keys_per_lane;
     const bool wanted = min_vpt == 1 ? p.K <= 32 : (!plan.packed && p.K >= 6 && p.K <= 24);
     plan.filtered = plan.path == ForwardPath::kWarpRows && min_vpt > 0 && plan.vpt >= min_vpt && wanted;
   }
-  plan.vec = p.E % vec_width == 0 && p.aligned;
+  plan.vec = p.E % vec_elems == 0 && p.aligned;
   plan.full = plan.path == ForwardPath::kTeamRows && plan.lanes >= 8 && plan.vec &&
               p.E == plan.lanes * plan.chunks * kTeamVec;
   return plan;
@@ -264,7 +261,7 @@ inline BackwardPlan plan_backward(const BackwardProblem& p, const DeviceInfo& de
   plan.smem_words_per_team = (words + 3) / 4 * 4;
   general_rows(&plan.path, &plan.vpt, &plan.shape, p.T, p.E, plan.smem_words_per_team, t);
   plan.shape.pdl = dev.cc_major >= 9;
-  plan.vec = p.E % vec_for(p.dtype, plan.vpt) == 0 && p.aligned;
+  plan.vec = p.E % vec_width(dtype_size(p.dtype), plan.vpt) == 0 && p.aligned;
   return plan;
 }
 

@@ -81,7 +81,8 @@ moekit_status_t run(const char* op, const Problem& problem,
   const DeviceInfo* dev = nullptr;
   moekit_status_t st = plan_device(op, &dev);
   if (st != MOEKIT_SUCCESS) return st;
-  const Plan plan = planner(problem, *dev, router_tuning());
+  Plan plan = planner(problem, *dev, router_tuning());
+  plan.shape.pdl = plan.shape.pdl && pdl_switch();  // the one switch outside the plan (timing only)
   if ((st = check_fits(op, plan.shape, *dev)) != MOEKIT_SUCCESS) return st;
   if (plan_only()) {
     PlanText text;

@@ -29,7 +29,7 @@ PRESETS = {
     # warp and block rows with K rounds (clearing rounds, or packed rounds on 16-bit softmax-post keys)
     "rounds": {"router.radix_min_k": 99999, "router.filter_min_keys_per_lane": 0, **_NO_TEAM_OR_WIDE},
     # warp and block rows with radix select
-    "radix": {"router.radix_min_k": 1, **_NO_TEAM_OR_WIDE},
+    "radix": {"router.radix_min_k": 1, "router.filter_min_keys_per_lane": 0, **_NO_TEAM_OR_WIDE},
     # warp rows with filtered top-k wherever K <= 32 (rounds behind it)
     "filtered": {"router.radix_min_k": 99999, "router.filter_min_keys_per_lane": 1, **_NO_TEAM_OR_WIDE},
     # team rows of 16 keys per lane for every score mode up to E = 512; wide rows from E = 513
@@ -54,15 +54,19 @@ def tuning_names():
     return _c().lib.moekit_internal_tuning_names().decode().split()
 
 
-@contextlib.contextmanager
-def tuning(knobs):
-    """Overrides `knobs` (a dict, or a PRESETS name; None: nothing) inside the block, then resets
-    every override (blocks do not nest)."""
+def apply(knobs):
+    """Overrides `knobs`: a dict of knob -> value, a PRESETS name, or None (nothing)."""
     if isinstance(knobs, str):
         knobs = PRESETS[knobs]
+    for name, value in (knobs or {}).items():
+        set_tuning(name, value)
+
+
+@contextlib.contextmanager
+def tuning(knobs):
+    """apply(knobs) inside the block, then every override reset (blocks do not nest)."""
     try:
-        for name, value in (knobs or {}).items():
-            set_tuning(name, value)
+        apply(knobs)
         yield
     finally:
         reset_tuning()
@@ -93,4 +97,7 @@ def plan_of(function, *args, device=H100, **kwargs):
     """The plan `function(*args, **kwargs)` (an op of moekit) would run, without running it."""
     with plan_only(device):
         function(*args, **kwargs)
-        return last_plan()
+        plan = last_plan()
+    if not plan:
+        raise ValueError("the call recorded no plan (T == 0 launches nothing, so it has none)")
+    return plan
