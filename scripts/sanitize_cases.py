@@ -89,6 +89,56 @@ def router_cases(label):
     return failures
 
 
+AUX_SCORE_CASES = [  # (T, E, K, score, map_format, dtype): team rows (full, partial), warp and block rows
+    (37, 128, 8, "softmax", "bytemap", torch.bfloat16),
+    (21, 100, 6, "sigmoid", "bitmap", torch.float32),
+    (9, 256, 32, "sqrtsoftplus", "bytemap", torch.float16),
+    (5, 1000, 9, "sigmoid", "bitmap", torch.bfloat16),
+    (3, 5000, 16, "softmax", "bytemap", torch.float32),
+]
+AUX_LOSS_CASES = [  # (R, C, E, probs dtype, tokens dtype): several chunks, odd sizes, wide C, R == 0
+    (300, 256, 256, torch.bfloat16, torch.int64),
+    (37, 7, 7, torch.float32, torch.int32),
+    (5, 20000, 10000, torch.float16, torch.float32),
+    (0, 64, 64, torch.float32, torch.bfloat16),
+]
+
+
+def aux_cases(label):
+    failures = 0
+    for T, E, K, score, fmt, dt in AUX_SCORE_CASES:
+        x = (torch.randn(T, E, device="cuda") * 2).to(dt)
+        scores, routing_map, inter = moekit.aux_scores_forward(x, K, score_function=score, map_format=fmt)
+        g = torch.randn(T, E, device="cuda")
+        dx = moekit.aux_scores_backward(g, inter, score_function=score, out_dtype=str(dt).split(".")[1])
+        torch.cuda.synchronize()
+        rs, rmap, _ = reference.aux_scores_forward(x.float().cpu().numpy(), K, score_function=score, map_format=fmt)
+        rdx = reference.aux_scores_backward(g.cpu().numpy(), inter.cpu().numpy(), score_function=score)
+        same = np.array_equal(routing_map.cpu().numpy().astype(rmap.dtype), rmap)
+        tol = 1e-5 if dt == torch.float32 else 1e-2
+        es, edx = rel_err(scores, rs), rel_err(dx, rdx)
+        ok = same and es <= 1e-5 and edx <= tol
+        print(f"[{label}] aux_scores T={T} E={E} K={K} {score} {fmt} {dt}: {'ok' if ok else 'MISMATCH'} "
+              f"(scores {es:.1e}, grad {edx:.1e})")
+        failures += not ok
+    for R, C, E, dt, tdt in AUX_LOSS_CASES:
+        probs = torch.rand(R, C, device="cuda").to(dt)
+        tokens = torch.randint(0, 100, (C,), device="cuda").to(tdt)
+        N = 100000  # keeps the f16 loss in range
+        loss, const_buf = moekit.aux_loss_forward(probs, tokens, N, E, 1, 0.5)
+        grad = moekit.aux_loss_backward(const_buf, tokens, torch.ones((), dtype=dt, device="cuda"), R)
+        torch.cuda.synchronize()
+        rl, rc = reference.aux_loss_forward(probs.float().cpu().numpy(), tokens.float().cpu().numpy(), N, E, 1, 0.5)
+        rg = reference.aux_loss_backward(rc, tokens.float().cpu().numpy(), 1.0, R)
+        el = abs(float(loss) - float(rl)) / max(abs(float(rl)), 1e-30)
+        eg = rel_err(grad, rg) if R else 0.0
+        ok = el <= (1e-5 if dt == torch.float32 else 1e-2) and eg <= 1e-2
+        print(f"[{label}] aux_loss R={R} C={C} E={E} {dt} {tdt}: {'ok' if ok else 'MISMATCH'} "
+              f"(loss {el:.1e}, grad {eg:.1e})")
+        failures += not ok
+    return failures
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--presets", default=None, help="comma-separated names (default: defaults and every preset)")
@@ -98,6 +148,7 @@ def main():
     for preset in presets:
         with tuning(preset):
             failures += router_cases(preset or "defaults")
+            failures += aux_cases(preset or "defaults")
     print(f"sanitize_cases: {failures} mismatches")
     sys.exit(1 if failures else 0)
 

@@ -82,7 +82,7 @@ def poisoned(shape, dtype, pattern, device="cuda"):
     if dtype in (torch.bool, torch.uint8):
         tensor.view(torch.uint8).fill_(0xAB if pattern == "nan" else 0xCD)
     elif pattern == "bytes":
-        tensor.view(torch.uint8).fill_(0xAB)
+        tensor.reshape(-1).view(torch.uint8).fill_(0xAB)  # reshape: a 0-d tensor cannot change its view
     elif dtype.is_floating_point:
         tensor.fill_(float("nan"))
     else:

@@ -266,7 +266,7 @@ def _ctype_for(declared_type):
         return ctypes.c_void_p
     if base.startswith("moekit_") and base.endswith("_t"):
         return ctypes.c_int  # an enum
-    return {"int64_t": ctypes.c_int64, "int": ctypes.c_int, "float": ctypes.c_float}[base]
+    return {"int64_t": ctypes.c_int64, "int": ctypes.c_int, "float": ctypes.c_float, "size_t": ctypes.c_size_t}[base]
 
 
 def _check_prototypes(header_text, prototypes, what):

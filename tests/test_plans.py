@@ -205,10 +205,76 @@ KNOB_EFFECTS = {
 }
 
 
+# The aux loss's knobs: a value and the call (R, C) whose plan it changes.
+AUX_LOSS_KNOB_EFFECTS = {
+    "aux_loss.blocks_per_sm": (2, dict(R=65536, C=256), "blocks"),
+    "aux_loss.blocks": (7, dict(R=65536, C=256), "blocks"),
+}
+
+
 def test_every_knob_changes_a_plan():
-    assert set(KNOB_EFFECTS) == set(_hooks.tuning_names())
-    for knob, (value, call, field) in KNOB_EFFECTS.items():
-        default = forward_plan(**call)
-        with _hooks.tuning({knob: value}):
-            forced = forward_plan(**call)
-        assert forced[field] != default[field], (knob, default, forced)
+    assert set(KNOB_EFFECTS) | set(AUX_LOSS_KNOB_EFFECTS) == set(_hooks.tuning_names())
+    for effects, planner in ((KNOB_EFFECTS, forward_plan), (AUX_LOSS_KNOB_EFFECTS, aux_loss_plan)):
+        for knob, (value, call, field) in effects.items():
+            default = planner(**call)
+            with _hooks.tuning({knob: value}):
+                forced = planner(**call)
+            assert forced[field] != default[field], (knob, default, forced)
+
+
+# ---- aux-loss scores and aux loss -----------------------------------------------------------------
+
+WORKSPACE = 0x7000000
+
+
+def aux_scores_plan(T, E, K, dtype="bf16", score="softmax", backward=False):
+    with _hooks.plan_only():
+        if backward:
+            status = _lib.lib.moekit_aux_scores_backward(GRAD, INTERMEDIATE, T, E, SCORES[score], GRAD_LOGITS,
+                                                         DTYPES[dtype], None)
+        else:
+            status = _lib.lib.moekit_aux_scores_forward(LOGITS, DTYPES[dtype], T, E, K, SCORES[score], PROBS, MAP,
+                                                        MapFormat.BYTEMAP, INTERMEDIATE, None)
+        assert status == Status.SUCCESS, _lib.last_error()
+        return _hooks.last_plan()
+
+
+def aux_loss_plan(R, C, backward=False):
+    with _hooks.plan_only():
+        if backward:
+            status = _lib.lib.moekit_aux_loss_backward(INTERMEDIATE, MAP, DType.I32, R, C, GRAD, DType.F32, PROBS, None)
+        else:
+            status = _lib.lib.moekit_aux_loss_forward(PROBS, DType.BF16, R, C, MAP, DType.I64, 1000, None, C, 1, 1.0,
+                                                      GRAD, INTERMEDIATE, WORKSPACE, 1 << 30, None)
+        assert status == Status.SUCCESS, _lib.last_error()
+        return _hooks.last_plan()
+
+
+# bench/aux_loss.py's aux-scores shapes (K = 8): team rows up to E = 256, warp rows at E = 1024
+AUX_SCORES_PLANS = {
+    (128, "softmax"): dict(path=TEAM, kernel="aux_softmax_pre", lanes=8, chunks=2, full=1),
+    (256, "sigmoid"): dict(path=TEAM, kernel="aux_sigmoid", lanes=16, chunks=2, full=1),
+    (1024, "sqrtsoftplus"): dict(path="warp_rows", vpt=32),
+}
+
+
+@pytest.mark.parametrize("E, score", AUX_SCORES_PLANS)
+def test_aux_scores_plans(E, score):
+    got, want = subset(aux_scores_plan(65536, E, 8, score=score), **AUX_SCORES_PLANS[(E, score)])
+    assert got == want
+    assert aux_scores_plan(65536, E, 8, score=score, backward=True)["path"] in ("warp_rows", "block_rows")
+
+
+def test_aux_scores_large_k_and_e_leave_team_rows():
+    assert aux_scores_plan(65536, 256, 32)["path"] == "warp_rows"
+    assert aux_scores_plan(1024, 16384, 8)["path"] == "block_rows"
+
+
+def test_aux_loss_plans():
+    plan = aux_loss_plan(65536, 256)
+    assert plan["path"] == "chunk_sums" and plan["chunks"] == str(65536 * 256 // 16384)
+    assert plan["blocks"] == "1024" and plan["staged"] == "1"  # one block per chunk: 1024 < 132 * 8
+    assert aux_loss_plan(4 * 65536, 256)["blocks"] == str(132 * 8)  # a persistent grid past that
+    assert aux_loss_plan(0, 256)["blocks"] == "1"  # R == 0 still writes the loss and const_buf
+    assert aux_loss_plan(4, 20000)["staged"] == "0"
+    assert aux_loss_plan(65536, 256, backward=True)["path"] == "stream_store"

@@ -17,8 +17,9 @@ from hypothesis import strategies as st
 try:
     from moekit import reference as ref
 except Exception:  # the package's __init__ may need the compiled library; the oracle never does
-    _path = pathlib.Path(__file__).resolve().parents[1] / "python" / "moekit" / "reference.py"
-    _spec = importlib.util.spec_from_file_location("moekit_reference_standalone", _path)
+    _path = pathlib.Path(__file__).resolve().parents[1] / "python" / "moekit" / "reference"
+    _spec = importlib.util.spec_from_file_location(
+        "moekit_reference_standalone", _path / "__init__.py", submodule_search_locations=[str(_path)])
     ref = importlib.util.module_from_spec(_spec)
     _spec.loader.exec_module(ref)
 
@@ -241,8 +242,8 @@ def test_topk_order_matches_brute_force(data):
     expected = [bf_best(list(row), k) for row in keys]
     assert picked.tolist() == expected
     # The two internal strategies (repeated argmax, stable sort) agree at every k.
-    by_argmax = ref._topk_by_argmax(ref._total_order_ranks(keys), k)
-    by_sort = ref._topk_by_sort(ref._total_order_ranks(keys), k)
+    by_argmax = ref._router._topk_by_argmax(ref._router._total_order_ranks(keys), k)
+    by_sort = ref._router._topk_by_sort(ref._router._total_order_ranks(keys), k)
     assert by_argmax.tolist() == expected and by_sort.tolist() == expected
 
 
@@ -265,7 +266,7 @@ def test_topk_order_special_values():
     ]
     # Both strategies of a wide row (k past the repeated-argmax limit).
     wide = np.tile(np.array([NAN, 3.0, -0.0, 0.0, -INF]), (2, 60))
-    k_sorted = ref._ITERATIVE_TOPK_MAX + 20
+    k_sorted = ref._router._ITERATIVE_TOPK_MAX + 20
     assert k_sorted <= wide.shape[1]
     expected = [bf_best(list(row), k_sorted) for row in wide]
     assert ref.topk_order(wide, k_sorted).tolist() == expected

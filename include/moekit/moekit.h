@@ -115,6 +115,58 @@ MOEKIT_API moekit_status_t moekit_router_topk_backward(
     int64_t topk, moekit_score_function_t score_function, int use_pre_softmax,
     float scaling_factor, void* grad_logits, moekit_stream_t stream);
 
+/* ---- aux-loss scores: SPEC.md section 2. ----------------------------------------------------
+ *
+ * Forward. logits [T, E] (f32, f16, bf16). Outputs: scores [T, E] f32 (softmax over all E; sigmoid
+ * or sqrtsoftplus normalized over all E, at every K); routing_map (BYTEMAP or BITMAP) of the top-K
+ * scores; intermediate [T, E] f32 (what the backward needs). No groups, bias or scaling.
+ * Same limits as the router (E <= MOEKIT_ROUTER_MAX_EXPERTS).
+ */
+MOEKIT_API moekit_status_t moekit_aux_scores_forward(
+    const void* logits, moekit_dtype_t logits_dtype, int64_t num_tokens, int64_t num_experts,
+    int64_t topk, moekit_score_function_t score_function,
+    float* scores, void* routing_map, moekit_map_format_t map_format,
+    float* intermediate, moekit_stream_t stream);
+
+/* Backward. grad_scores [T, E] f32 and the forward's intermediate [T, E] f32 -> grad_logits [T, E]
+ * in grad_logits_dtype (f32, f16, bf16): the score function and the full-row normalization
+ * differentiated, no mask, no scaling. Every element is written.
+ */
+MOEKIT_API moekit_status_t moekit_aux_scores_backward(
+    const float* grad_scores, const float* intermediate, int64_t num_tokens, int64_t num_experts,
+    moekit_score_function_t score_function, void* grad_logits, moekit_dtype_t grad_logits_dtype,
+    moekit_stream_t stream);
+
+/* ---- aux loss: SPEC.md section 3. ------------------------------------------------------------
+ *
+ * Forward. probs [R, C] (f32, f16, bf16), C a multiple of num_experts (the sequence-level loss
+ * stacks sequences along C); tokens_per_expert [C] (i32, i64, f32, bf16). total_num_tokens N: the
+ * host value (> 0), or, when total_num_tokens_device is not NULL, the int64 it points to, read on the
+ * GPU (graph replay with varying N; a device N <= 0 gives a NaN loss). Outputs: loss, a scalar in the
+ * probs dtype, C_coef * sum(probs[r, c] * tokens_per_expert[c]), and const_buf f32[1] = C_coef =
+ * E * coeff / (K * N * N), which the backward reads. One launch; the sum has a fixed order (no float
+ * atomics): the same bits on every run, whatever the grid. R == 0 gives loss 0.
+ * Workspace: moekit_aux_loss_workspace_size bytes whose first 4 bytes (a ticket counter) must be
+ * zero before the first call (cudaMemsetAsync once); every call leaves them zero, so a workspace is
+ * reused as is by later calls on the same stream (and by graph replays). Calls that may run
+ * concurrently need workspaces of their own.
+ */
+MOEKIT_API moekit_status_t moekit_aux_loss_workspace_size(int64_t num_rows, int64_t num_cols, size_t* bytes);
+MOEKIT_API moekit_status_t moekit_aux_loss_forward(
+    const void* probs, moekit_dtype_t probs_dtype, int64_t num_rows, int64_t num_cols,
+    const void* tokens_per_expert, moekit_dtype_t tokens_dtype,
+    int64_t total_num_tokens, const int64_t* total_num_tokens_device,
+    int64_t num_experts, int64_t topk, float coeff,
+    void* loss, float* const_buf, void* workspace, size_t workspace_bytes, moekit_stream_t stream);
+
+/* Backward. grad_probs [R, C] = const_buf[0] * tokens_per_expert[c] * grad_loss, with grad_loss a
+ * device scalar and grad_probs in grad_dtype (f32, f16, bf16).
+ */
+MOEKIT_API moekit_status_t moekit_aux_loss_backward(
+    const float* const_buf, const void* tokens_per_expert, moekit_dtype_t tokens_dtype,
+    int64_t num_rows, int64_t num_cols, const void* grad_loss, moekit_dtype_t grad_dtype,
+    void* grad_probs, moekit_stream_t stream);
+
 #ifdef __cplusplus
 } /* extern "C" */
 #endif

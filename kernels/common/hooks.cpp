@@ -25,6 +25,8 @@ constexpr const char* kKnobs[] = {
     "router.wide_max_k",
     "router.wide_f32",
     "router.wide_min_experts",
+    "aux_loss.blocks_per_sm",
+    "aux_loss.blocks",
 };
 constexpr int kNumKnobs = (int)(sizeof(kKnobs) / sizeof(kKnobs[0]));
 

@@ -1,6 +1,6 @@
-// Router backward (SPEC section 1): one warp per row, or one block per row for long rows. The
-// selection comes as a bytemap, a bitmap or indices; grad and intermediate are read only where the
-// gradient needs them.
+// Router backward (SPEC section 1), and the aux-loss scores' (AUX, section 2): one warp per row, or
+// one block per row for long rows. The selection comes as a bytemap, a bitmap or indices; grad and
+// intermediate are read only where the gradient needs them.
 #pragma once
 
 #include <cstdint>
@@ -139,8 +139,39 @@ __device__ __forceinline__ uint64_t backward_loads(const BackwardParams& a, Team
   return m;
 }
 
-// Step 2: the gradient of SPEC section 1 (exactly 0 off the selection, softmax-pre aside).
+// Step 1, aux-loss scores (SPEC section 2): f32 grad_scores and the intermediate everywhere; the
+// "selection" is every expert of the row, so that step 2 differentiates the full-row normalization.
 template <int VEC, int NC, class Team>
+__device__ __forceinline__ uint64_t aux_backward_loads(const BackwardParams& a, const Team& team, int64_t row,
+                                                       float (&g)[VEC * NC], float (&y)[VEC * NC]) {
+  const int E = a.E;
+  const int64_t off = row * (int64_t)E;
+  const float* grad = static_cast<const float*>(a.grad) + off;
+  uint64_t m = 0;
+#pragma unroll
+  for (int c = 0; c < NC; ++c) {
+    const int e0 = elem_index<VEC>(team, c, 0);
+    float tg[VEC], ty[VEC];
+    if (a.vec && e0 + VEC <= E) {  // both loads in flight at once
+      load_chunk_vec<float, VEC>(grad, e0, tg);
+      load_chunk_vec<float, VEC>(a.intermediate + off, e0, ty);
+    } else {
+      load_chunk<float, VEC>(grad, e0, E, false, 0.0f, tg);
+      load_chunk<float, VEC>(a.intermediate + off, e0, E, false, 0.0f, ty);
+    }
+#pragma unroll
+    for (int v = 0; v < VEC; ++v) {
+      g[c * VEC + v] = tg[v];
+      y[c * VEC + v] = ty[v];
+      m |= (uint64_t)(e0 + v < E) << (c * VEC + v);
+    }
+  }
+  return m;
+}
+
+// Step 2: the gradient of SPEC section 1 (exactly 0 off the selection, softmax-pre aside). AUX:
+// the sigmoid / sqrtsoftplus normalization applies at every K.
+template <int VEC, int NC, bool AUX, class Team>
 __device__ __forceinline__ void backward_grad(const BackwardParams& a, Team& team, uint64_t m,
                                               const float (&g)[VEC * NC], const float (&y)[VEC * NC],
                                               float (&dx)[VEC * NC]) {
@@ -162,7 +193,7 @@ __device__ __forceinline__ void backward_grad(const BackwardParams& a, Team& tea
 #pragma unroll
     for (int p = 0; p < VPT; ++p) v[p] = a.mode == kSigmoid ? y[p] : sqrtf(softplusf(y[p]));
     float h[VPT];
-    if (a.K > 1) {
+    if (AUX || a.K > 1) {
       float sv = 0.0f, d = 0.0f;
 #pragma unroll
       for (int p = 0; p < VPT; ++p)
@@ -193,12 +224,14 @@ __device__ __forceinline__ void backward_grad(const BackwardParams& a, Team& tea
   }
 }
 
-template <typename T, int VEC, int NC, class Team>
+template <typename T, int VEC, int NC, bool AUX, class Team>
 __device__ __forceinline__ void backward_row(const BackwardParams& a, Team& team, int64_t row, uint32_t* smem) {
   constexpr int VPT = VEC * NC;
   float g[VPT], y[VPT], dx[VPT];
-  const uint64_t m = backward_loads<T, VEC, NC>(a, team, row, smem, g, y);
-  backward_grad<VEC, NC>(a, team, m, g, y, dx);
+  uint64_t m;
+  if constexpr (AUX) m = aux_backward_loads<VEC, NC>(a, team, row, g, y);
+  else m = backward_loads<T, VEC, NC>(a, team, row, smem, g, y);
+  backward_grad<VEC, NC, AUX>(a, team, m, g, y, dx);
   // Step 3: every element of grad_logits
   const int64_t off = row * (int64_t)a.E;
 #pragma unroll
@@ -211,7 +244,7 @@ __device__ __forceinline__ void backward_row(const BackwardParams& a, Team& team
 }
 
 // Warp rows: blockDim.x / 32 rows per block, each warp with its own slice of shared memory.
-template <typename T, int VEC, int NC>
+template <typename T, int VEC, int NC, bool AUX = false>
 __global__ void backward_warp_kernel(BackwardParams a) {
   pdl_wait_then_release_next();
   extern __shared__ uint32_t smem[];
@@ -219,15 +252,15 @@ __global__ void backward_warp_kernel(BackwardParams a) {
   const int64_t row = (int64_t)blockIdx.x * (blockDim.x >> 5) + warp;
   if (row >= a.T) return;
   WarpTeam team;
-  backward_row<T, VEC, NC>(a, team, row, smem + warp * a.smem_words_per_team);
+  backward_row<T, VEC, NC, AUX>(a, team, row, smem + warp * a.smem_words_per_team);
 }
 
-template <typename T, int VEC, int NC>
+template <typename T, int VEC, int NC, bool AUX = false>
 __global__ void __launch_bounds__(kMaxBlockThreads) backward_block_kernel(BackwardParams a) {
   pdl_wait_then_release_next();
   extern __shared__ uint32_t smem[];
   BlockTeam team(smem);
-  backward_row<T, VEC, NC>(a, team, (int64_t)blockIdx.x, smem + 128);
+  backward_row<T, VEC, NC, AUX>(a, team, (int64_t)blockIdx.x, smem + 128);
 }
 
 }  // namespace router

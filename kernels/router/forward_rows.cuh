@@ -167,8 +167,33 @@ __device__ __forceinline__ void row_weights(const ForwardParams& a, Team& team, 
   }
 }
 
-// Step 5: probs, the softmax-post intermediate and the routing map of every chunk.
-template <typename T, int VEC, int NC, class Team>
+// Step 4, aux-loss scores: s normalized over the whole row (softmax-pre: p itself). Padding's s is 0.
+template <int VEC, int NC, class Team>
+__device__ __forceinline__ void row_aux_scores(const ForwardParams& a, Team& team, const float (&s)[VEC * NC],
+                                               float (&w)[VEC * NC]) {
+  constexpr int VPT = VEC * NC;
+  if (a.mode == kSoftmaxPre) {
+#pragma unroll
+    for (int p = 0; p < VPT; ++p) w[p] = s[p];
+    return;
+  }
+  float z = 0.0f;
+#pragma unroll
+  for (int p = 0; p < VPT; ++p) z += s[p];
+  const float denom = team.sum(z) + kEps;
+  if (isinf(denom)) {
+#pragma unroll
+    for (int p = 0; p < VPT; ++p) w[p] = s[p] / denom;
+  } else {
+    const float r = refined_rcp(denom);
+#pragma unroll
+    for (int p = 0; p < VPT; ++p) w[p] = divide_by(s[p], denom, r);
+  }
+}
+
+// Step 5: probs (AUX: the f32 scores of every expert), the softmax-post intermediate and the
+// routing map of every chunk.
+template <typename T, int VEC, int NC, bool AUX, class Team>
 __device__ __forceinline__ void row_store(const ForwardParams& a, const Team& team, int64_t row, uint64_t sel,
                                           const float (&w)[VEC * NC]) {
 #pragma unroll
@@ -181,16 +206,17 @@ __device__ __forceinline__ void row_store(const ForwardParams& a, const Team& te
     for (int v = 0; v < VEC; ++v) {
       const int p = c * VEC + v;
       const bool on = (sel >> p) & 1;
-      pr[v] = on ? w[p] * a.scale : 0.0f;
+      pr[v] = AUX ? w[p] : on ? w[p] * a.scale : 0.0f;
       im[v] = on ? w[p] : -INFINITY;
       mb[v] = on;
       bits |= (uint32_t)on << v;
     }
-    store_forward_chunk<T, VEC>(a, a.E, row, e0, a.vec != 0, a.mode == kSoftmaxPost, pr, im, mb, bits);
+    using P = typename std::conditional<AUX, float, T>::type;
+    store_forward_chunk<P, VEC>(a, a.E, row, e0, a.vec != 0, a.mode == kSoftmaxPost, pr, im, mb, bits);
   }
 }
 
-template <typename T, int VEC, int NC, class Team>
+template <typename T, int VEC, int NC, bool AUX, class Team>
 __device__ __forceinline__ void forward_row(const ForwardParams& a, Team& team, int64_t row, uint32_t* smem) {
   constexpr int VPT = VEC * NC;
   float s[VPT];
@@ -200,12 +226,13 @@ __device__ __forceinline__ void forward_row(const ForwardParams& a, Team& team, 
   if (a.G > 0) keep_best_groups<VEC, NC>(team, key, a.E, a.G, a.Kg, a.group_size, a.per_group, smem + 256 + 4);
   const uint64_t sel = row_select<T, VEC, NC>(a, team, row, key, smem);
   float w[VPT];
-  row_weights<VEC, NC>(a, team, s, sel, w);
-  row_store<T, VEC, NC>(a, team, row, sel, w);
+  if constexpr (AUX) row_aux_scores<VEC, NC>(a, team, s, w);
+  else row_weights<VEC, NC>(a, team, s, sel, w);
+  row_store<T, VEC, NC, AUX>(a, team, row, sel, w);
 }
 
 // Warp rows: blockDim.x / 32 rows per block, each warp with its own slice of shared memory.
-template <typename T, int VEC, int NC>
+template <typename T, int VEC, int NC, bool AUX = false>
 __global__ void forward_warp_kernel(ForwardParams a) {
   pdl_wait_then_release_next();
   extern __shared__ uint32_t smem[];
@@ -213,16 +240,16 @@ __global__ void forward_warp_kernel(ForwardParams a) {
   const int64_t row = (int64_t)blockIdx.x * (blockDim.x >> 5) + warp;
   if (row >= a.T) return;
   WarpTeam team;
-  forward_row<T, VEC, NC>(a, team, row, smem + warp * a.smem_words_per_team);
+  forward_row<T, VEC, NC, AUX>(a, team, row, smem + warp * a.smem_words_per_team);
 }
 
 // Block rows: one row per block; the first 128 words of shared memory are the team's scratch.
-template <typename T, int VEC, int NC>
+template <typename T, int VEC, int NC, bool AUX = false>
 __global__ void __launch_bounds__(kMaxBlockThreads) forward_block_kernel(ForwardParams a) {
   pdl_wait_then_release_next();
   extern __shared__ uint32_t smem[];
   BlockTeam team(smem);
-  forward_row<T, VEC, NC>(a, team, (int64_t)blockIdx.x, smem + 128);
+  forward_row<T, VEC, NC, AUX>(a, team, (int64_t)blockIdx.x, smem + 128);
 }
 
 }  // namespace router

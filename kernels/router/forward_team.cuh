@@ -48,7 +48,9 @@ struct TeamRows {
   static_assert(!PACKED || sizeof(T) == 2, "packed keys need 16-bit logits");
   static constexpr bool PACKED_F32 = KIND == kTeamSoftmaxPostF32Packed;
   static_assert(!PACKED_F32 || sizeof(T) == 4, "f32 packed softmax-post is for f32 logits");
-  static constexpr int mode = PACKED || PACKED_F32 ? kSoftmaxPost : KIND;
+  static constexpr bool kAux = KIND >= kTeamAux;  // aux-loss scores (params.h)
+  static constexpr int mode = kAux ? KIND - kTeamAux : PACKED || PACKED_F32 ? kSoftmaxPost : KIND;
+  static_assert(!kAux || mode != kSoftmaxPost, "aux-loss scores use softmax-pre");
   static constexpr bool kPost = mode == kSoftmaxPost;
   using Team = LaneTeam<LANES>;
   static constexpr int kKeys = CHUNKS * kTeamVec;  // keys per lane
@@ -323,7 +325,29 @@ __device__ __forceinline__ void team_weights(const ForwardParams& a, const uint3
   }
 }
 
-// Step 7: probs, the softmax-post intermediate and the routing map.
+// Step 6, aux-loss scores: the lane's scores normalized over the whole row (softmax-pre: p itself).
+template <class R>
+__device__ __forceinline__ void team_aux_scores(int t, int E, const float (&kept)[R::kKept], float (&w)[R::kKeys]) {
+  if constexpr (R::mode == kSoftmaxPre) {
+#pragma unroll
+    for (int p = 0; p < R::kKeys; ++p) w[p] = kept[p];
+  } else {
+    float z = 0.0f;
+#pragma unroll
+    for (int p = 0; p < R::kKeys; ++p) z += R::in_row(E, R::elem(t, p)) ? kept[p] : 0.0f;  // padding's score is not 0
+    const float denom = R::Team::sum(z) + kEps;
+    if (isinf(denom)) {
+#pragma unroll
+      for (int p = 0; p < R::kKeys; ++p) w[p] = kept[p] / denom;
+    } else {
+      const float r = refined_rcp(denom);
+#pragma unroll
+      for (int p = 0; p < R::kKeys; ++p) w[p] = divide_by(kept[p], denom, r);
+    }
+  }
+}
+
+// Step 7: probs (aux: the f32 scores of every expert), the softmax-post intermediate and the map.
 template <class R>
 __device__ __forceinline__ void team_store(const ForwardParams& a, int t, int64_t row, int E, bool vec, uint32_t sel,
                                            const float (&w)[R::kKeys]) {
@@ -337,13 +361,14 @@ __device__ __forceinline__ void team_store(const ForwardParams& a, int t, int64_
 #pragma unroll
     for (int v = 0; v < kTeamVec; ++v) {
       const bool on = (bits >> v) & 1;
-      pr[v] = on ? w[c * kTeamVec + v] * a.scale : 0.0f;
+      pr[v] = R::kAux ? w[c * kTeamVec + v] : on ? w[c * kTeamVec + v] * a.scale : 0.0f;
       im[v] = on ? w[c * kTeamVec + v] : -INFINITY;
       mb[v] = on;
     }
+    using P = typename std::conditional<R::kAux, float, typename R::Elem>::type;
     // FULL rows only: elsewhere the second store path costs registers (and spills under a cap)
-    if constexpr (R::kFull) store_forward_chunk_vec<typename R::Elem>(a, E, row, e0, R::mode == kSoftmaxPost, pr, im, bits);
-    else store_forward_chunk<typename R::Elem, kTeamVec>(a, E, row, e0, vec, R::mode == kSoftmaxPost, pr, im, mb, bits);
+    if constexpr (R::kFull) store_forward_chunk_vec<P>(a, E, row, e0, R::mode == kSoftmaxPost, pr, im, bits);
+    else store_forward_chunk<P, kTeamVec>(a, E, row, e0, vec, R::mode == kSoftmaxPost, pr, im, mb, bits);
   }
 }
 
@@ -372,7 +397,8 @@ __global__ void __launch_bounds__(128, team_min_blocks(KIND, LANES)) forward_tea
   uint32_t first = 0, last = 0;  // the first and the latest winner's key
   const uint32_t sel = team_select<R>(a, t, row, live, E, raw, kept, chosen, key, first, last);
   float w[R::kKeys];
-  team_weights<R>(a, raw, kept, sel, first, w);
+  if constexpr (R::kAux) team_aux_scores<R>(t, E, kept, w);
+  else team_weights<R>(a, raw, kept, sel, first, w);
   if (!live) return;
   team_store<R>(a, t, row, E, vec, sel, w);
 }

@@ -1,4 +1,5 @@
-// The router's one launch switch: a plan (plan.h) to the kernel instantiation that runs it.
+// The router's one launch switch: a plan (plan.h) to the kernel instantiation that runs it, for the
+// router and for the aux-loss scores.
 // Included by the per-dtype sources (router_f32.cu, ...), which instantiate it, so that a 2-core
 // build compiles the dtypes in parallel.
 #pragma once
@@ -36,47 +37,70 @@ constexpr auto wide_kernel() {
   else return &forward_wide_packed_kernel<T, CHUNKS>;
 }
 
-template <typename T>
-cudaError_t launch_forward(const ForwardPlan& plan, const ForwardParams& a, cudaStream_t stream) {
+// AUX: the aux-loss scores (params.h, kTeamAux): team rows of the three modes they use, warp rows
+// and block rows; wide rows are softmax-post only.
+template <typename T, bool AUX>
+cudaError_t forward_switch(const ForwardPlan& plan, const ForwardParams& a, cudaStream_t stream) {
   switch (plan.path) {
     case ForwardPath::kTeamRows: {
       auto team = [&](auto kind) { return launch_team<T, decltype(kind)::value>(plan, a, stream); };
+      if constexpr (AUX)
+        return with_int<kTeamAux + kSoftmaxPre, kTeamAux + kSigmoid, kTeamAux + kSqrtSoftplus>(plan.kernel, team);
       // the kernels a dtype can get: 16-bit softmax-post keys are always packed at E <= 512
-      if constexpr (sizeof(T) == 2)
+      else if constexpr (sizeof(T) == 2)
         return with_int<kSoftmaxPre, kSigmoid, kSqrtSoftplus, kTeamSoftmaxPostPacked>(plan.kernel, team);
       else
         return with_int<kSoftmaxPre, kSoftmaxPost, kSigmoid, kSqrtSoftplus, kTeamSoftmaxPostF32Packed>(plan.kernel, team);
     }
     case ForwardPath::kWideRows:
       static_assert(kWideMinChunks == 2 && kWideMaxChunks == 10, "the cases below");
-      return with_int<2, 3, 4, 5, 6, 7, 8, 9, 10>(plan.chunks, [&](auto chunks) {
-        return launch_kernel(wide_kernel<T, decltype(chunks)::value>(), plan.shape, stream, a);
-      });
+      if constexpr (AUX) return cudaErrorInvalidConfiguration;
+      else
+        return with_int<2, 3, 4, 5, 6, 7, 8, 9, 10>(plan.chunks, [&](auto chunks) {
+          return launch_kernel(wide_kernel<T, decltype(chunks)::value>(), plan.shape, stream, a);
+        });
     case ForwardPath::kWarpRows:
       return with_int<1, 2, 4, 8, 16, 32>(plan.vpt, [&](auto vpt) {
         constexpr int VPT = decltype(vpt)::value, VEC = vec_width((int)sizeof(T), VPT);
-        return launch_kernel(&forward_warp_kernel<T, VEC, VPT / VEC>, plan.shape, stream, a);
+        return launch_kernel(&forward_warp_kernel<T, VEC, VPT / VEC, AUX>, plan.shape, stream, a);
       });
     case ForwardPath::kBlockRows:
       return with_int<8, 16, 32>(plan.vpt, [&](auto vpt) {
         constexpr int VPT = decltype(vpt)::value, VEC = vec_width((int)sizeof(T), VPT);
-        return launch_kernel(&forward_block_kernel<T, VEC, VPT / VEC>, plan.shape, stream, a);
+        return launch_kernel(&forward_block_kernel<T, VEC, VPT / VEC, AUX>, plan.shape, stream, a);
       });
   }
   return cudaErrorInvalidConfiguration;
 }
 
-template <typename T>
-cudaError_t launch_backward(const BackwardPlan& plan, const BackwardParams& a, cudaStream_t stream) {
+template <typename T, bool AUX>
+cudaError_t backward_switch(const BackwardPlan& plan, const BackwardParams& a, cudaStream_t stream) {
   if (plan.path == ForwardPath::kBlockRows)
     return with_int<8, 16, 32>(plan.vpt, [&](auto vpt) {
       constexpr int VPT = decltype(vpt)::value, VEC = vec_width((int)sizeof(T), VPT);
-      return launch_kernel(&backward_block_kernel<T, VEC, VPT / VEC>, plan.shape, stream, a);
+      return launch_kernel(&backward_block_kernel<T, VEC, VPT / VEC, AUX>, plan.shape, stream, a);
     });
   return with_int<1, 2, 4, 8, 16, 32>(plan.vpt, [&](auto vpt) {
     constexpr int VPT = decltype(vpt)::value, VEC = vec_width((int)sizeof(T), VPT);
-    return launch_kernel(&backward_warp_kernel<T, VEC, VPT / VEC>, plan.shape, stream, a);
+    return launch_kernel(&backward_warp_kernel<T, VEC, VPT / VEC, AUX>, plan.shape, stream, a);
   });
+}
+
+template <typename T>
+cudaError_t launch_forward(const ForwardPlan& plan, const ForwardParams& a, cudaStream_t stream) {
+  return forward_switch<T, false>(plan, a, stream);
+}
+template <typename T>
+cudaError_t launch_backward(const BackwardPlan& plan, const BackwardParams& a, cudaStream_t stream) {
+  return backward_switch<T, false>(plan, a, stream);
+}
+template <typename T>
+cudaError_t launch_aux_forward(const ForwardPlan& plan, const ForwardParams& a, cudaStream_t stream) {
+  return forward_switch<T, true>(plan, a, stream);
+}
+template <typename T>
+cudaError_t launch_aux_backward(const BackwardPlan& plan, const BackwardParams& a, cudaStream_t stream) {
+  return backward_switch<T, true>(plan, a, stream);
 }
 
 }  // namespace router

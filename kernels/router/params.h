@@ -26,6 +26,10 @@ constexpr int kTeamMaxExperts = 32 * kTeamMaxChunks * kTeamVec;
 // The team kernel per score mode: a ScoreMode, or one of these two softmax-post kernels whose rounds
 // run on index-packed keys (16-bit logits: lossless; f32 logits: with a check and an exact fallback).
 enum TeamKernel : int { kTeamSoftmaxPostPacked = 4, kTeamSoftmaxPostF32Packed = 5 };
+// Aux-loss scores (SPEC section 2) run the same kernels with AUX set: the scores over all E go to
+// `probs` as f32 (no mask, no scale), with the routing map and the intermediate as the router writes
+// them for the same mode (no bias, groups or indices). A team kernel's KIND is then kTeamAux + mode.
+constexpr int kTeamAux = 8;
 
 // Wide rows (forward_wide.cuh): one warp per row, 2..10 chunks of kTeamVec keys per lane, K <= 64.
 constexpr int kWideMinChunks = 2, kWideMaxChunks = 10;

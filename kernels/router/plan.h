@@ -1,7 +1,7 @@
 // The router's plans: pure host functions from (problem, device properties, tuning) to the plan
 // struct that names the kernel path and its launch shape. The measured cut-offs are the tuning table
 // below (RouterTuning's defaults); bench/NOTES.md holds each measurement. The C entry points
-// (router.cu) validate, plan, then run the plan through the one launch switch (launch.cuh).
+// (router.cu, aux_scores.cu) validate, plan, then run the plan through the one launch switch (launch.cuh).
 #pragma once
 
 #include <algorithm>
@@ -97,6 +97,7 @@ struct ForwardProblem {
   int map_kind;  // MapKind
   bool indices;  // topk_indices requested
   bool aligned;  // logits, probs, intermediate (and a bytemap) 16-byte aligned
+  bool aux;      // the aux-loss scores (params.h, kTeamAux): no groups, bias or indices
 };
 
 enum class ForwardPath : int { kTeamRows, kWideRows, kWarpRows, kBlockRows };
@@ -198,7 +199,8 @@ inline ForwardPlan plan_forward(const ForwardProblem& p, const DeviceInfo& dev, 
     plan.path = ForwardPath::kTeamRows;
     plan.chunks = team_chunks(t, p.E, p.T, pack_f32);
     // softmax-post: 16-bit logits always have packed keys at E <= 512 (keys_packed)
-    plan.kernel = p.mode != kSoftmaxPost ? p.mode
+    plan.kernel = p.aux                    ? kTeamAux + p.mode
+                  : p.mode != kSoftmaxPost ? p.mode
                   : plan.packed          ? (int)kTeamSoftmaxPostPacked
                   : pack_f32             ? (int)kTeamSoftmaxPostF32Packed
                                          : (int)kSoftmaxPost;
@@ -227,7 +229,8 @@ inline void describe(const ForwardPlan& plan, PlanText& out) {
                                          "softmax_post_f32_packed"};
   out.add("path=%s", kPaths[(int)plan.path]);
   if (plan.path == ForwardPath::kTeamRows)
-    out.add("kernel=%s lanes=%d chunks=%d full=%d", kKernels[plan.kernel], plan.lanes, plan.chunks, (int)plan.full);
+    out.add("kernel=%s%s lanes=%d chunks=%d full=%d", plan.kernel >= kTeamAux ? "aux_" : "",
+            kKernels[plan.kernel % kTeamAux], plan.lanes, plan.chunks, (int)plan.full);
   else if (plan.path == ForwardPath::kWideRows)
     out.add("chunks=%d", plan.chunks);
   else
@@ -240,7 +243,7 @@ inline void describe(const ForwardPlan& plan, PlanText& out) {
 // ---- backward -----------------------------------------------------------------------------------
 
 struct BackwardProblem {
-  moekit_dtype_t dtype;
+  moekit_dtype_t dtype;  // of grad_logits (and of grad_probs but for the aux scores' f32)
   int64_t T;
   int E, K;
   int map_kind;  // MapKind; kMapNone: the selection comes as indices
@@ -277,6 +280,11 @@ template <typename T>
 cudaError_t launch_forward(const ForwardPlan& plan, const ForwardParams& a, cudaStream_t stream);
 template <typename T>
 cudaError_t launch_backward(const BackwardPlan& plan, const BackwardParams& a, cudaStream_t stream);
+// The same switch for the aux-loss scores (aux_scores_f32.cu, ...).
+template <typename T>
+cudaError_t launch_aux_forward(const ForwardPlan& plan, const ForwardParams& a, cudaStream_t stream);
+template <typename T>
+cudaError_t launch_aux_backward(const BackwardPlan& plan, const BackwardParams& a, cudaStream_t stream);
 
 }  // namespace router
 }  // namespace moekit

@@ -14,6 +14,11 @@ __all__ = [
     "__version__",
     "router_topk_forward",
     "router_topk_backward",
+    "aux_scores_forward",
+    "aux_scores_backward",
+    "aux_loss_forward",
+    "aux_loss_backward",
+    "aux_loss_workspace_size",
     "reference",
     "get_library_path",
     "get_include_dir",
@@ -54,6 +59,11 @@ def get_cmake_dir():
 _LAZY_OPS = {
     "router_topk_forward": "router",
     "router_topk_backward": "router",
+    "aux_scores_forward": "aux",
+    "aux_scores_backward": "aux",
+    "aux_loss_forward": "aux",
+    "aux_loss_backward": "aux",
+    "aux_loss_workspace_size": "aux",
 }
 
 

@@ -334,6 +334,19 @@ def empty(reference, shape, dtype):
     return jnp.empty(shape, dtype=_numpy_dtype(dtype), device=device)
 
 
+def zeros(reference, shape, dtype):
+    """A new zero-filled array, as empty() (workspaces that must start at zero)."""
+    array = empty(reference, shape, dtype)
+    framework = type(array).__module__.split(".")[0]
+    if framework == "torch":
+        return array.zero_()
+    if framework == "cupy":
+        array.fill(0)
+        return array
+    jnp = sys.modules["jax"].numpy
+    return jnp.zeros(shape, dtype=_numpy_dtype(dtype), device=next(iter(array.devices())))
+
+
 def output(out, name, reference, reference_name, shape, dtype, accepted_dtypes=None):
     """The output array: `out` after checking it, or a new one. Returns (array object, DeviceArray)."""
     if out is None:

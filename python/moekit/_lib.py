@@ -84,6 +84,40 @@ PROTOTYPES = {
             _float, _ptr, _stream,  # scaling_factor, grad_logits, stream
         ),
     ),
+    "moekit_aux_scores_forward": (
+        _enum,
+        (
+            _ptr, _enum, _i64, _i64,  # logits, logits_dtype, num_tokens, num_experts
+            _i64, _enum,  # topk, score_function
+            _ptr, _ptr, _enum,  # scores, routing_map, map_format
+            _ptr, _stream,  # intermediate, stream
+        ),
+    ),
+    "moekit_aux_scores_backward": (
+        _enum,
+        (
+            _ptr, _ptr, _i64, _i64,  # grad_scores, intermediate, num_tokens, num_experts
+            _enum, _ptr, _enum, _stream,  # score_function, grad_logits, grad_logits_dtype, stream
+        ),
+    ),
+    "moekit_aux_loss_workspace_size": (_enum, (_i64, _i64, _ptr)),  # num_rows, num_cols, bytes
+    "moekit_aux_loss_forward": (
+        _enum,
+        (
+            _ptr, _enum, _i64, _i64,  # probs, probs_dtype, num_rows, num_cols
+            _ptr, _enum,  # tokens_per_expert, tokens_dtype
+            _i64, _ptr,  # total_num_tokens, total_num_tokens_device
+            _i64, _i64, _float,  # num_experts, topk, coeff
+            _ptr, _ptr, _ptr, ctypes.c_size_t, _stream,  # loss, const_buf, workspace, workspace_bytes, stream
+        ),
+    ),
+    "moekit_aux_loss_backward": (
+        _enum,
+        (
+            _ptr, _ptr, _enum, _i64, _i64,  # const_buf, tokens_per_expert, tokens_dtype, num_rows, num_cols
+            _ptr, _enum, _ptr, _stream,  # grad_loss, grad_dtype, grad_probs, stream
+        ),
+    ),
 }
 
 

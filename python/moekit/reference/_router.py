@@ -1,5 +1,7 @@
 """NumPy float64 oracle of SPEC.md section 1: the router top-k with score function, fwd and bwd.
 
+Imported by moekit.reference (which also holds the other families' oracles).
+
 The tests compare the CUDA kernels against this module. It needs
 NumPy only (ml_dtypes.bfloat16 arrays are accepted: they are upcast like every other input), never
 imports the rest of the package and never touches a GPU. Everything is vectorized over rows, so it

@@ -1,0 +1,185 @@
+#!/usr/bin/env python3
+"""Aux-loss benchmark (SPEC sections 2, 3): moekit.aux_scores_forward / _backward and
+moekit.aux_loss_forward / _backward against torch eager and torch.compile of the same math, timed in
+one run on inputs rotated past L2 (CUDA-graph replay), with the copy ceiling of the same run.
+
+Fewest bytes each op must move:
+  aux scores forward   read logits T*E*d, write scores and intermediate (f32) and the bytemap: T*E*(d+9)
+  aux scores backward  read grad_scores and intermediate (f32), write grad_logits: T*E*(8+d)
+  aux loss forward     read probs R*C*d (and tokens_per_expert)
+  aux loss backward    write grad_probs R*C*d
+
+  python bench/aux_loss.py [--quick] [--no-compile] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common as C  # noqa: E402
+
+FAMILY = "aux_loss"
+TOKENS = (8192, 65536)
+ROWS = ((128, "softmax"), (256, "sigmoid"), (1024, "softmax"))  # (E, score), K = 8
+K, COEFF = 8, 1e-2
+
+
+def torch_aux_scores(torch, x, score):
+    xf = x.float()
+    if score == "softmax":
+        scores = torch.softmax(xf, dim=-1)
+    else:
+        y = torch.sigmoid(xf) if score == "sigmoid" else torch.sqrt(torch.nn.functional.softplus(xf))
+        scores = y / (y.sum(dim=-1, keepdim=True) + 1e-20)
+    idx = torch.topk(scores, K, dim=-1).indices
+    routing_map = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, idx, True)
+    return scores, routing_map
+
+
+def torch_aux_loss(torch, probs, tokens, N, E):
+    return (E * COEFF / (K * N * N)) * (probs.float().sum(dim=0) * tokens.float()).sum()
+
+
+def cell(torch, moekit, name, bytes_, fns, make_inputs, ceiling, l2):
+    sets = C.rotation_count(bytes_, l2)
+    inputs = [make_inputs() for _ in range(sets)]
+    row = {"cell": name, "bytes": bytes_, "timings": {}}
+    for peer, fn in fns.items():
+        try:
+            row["timings"][peer] = C.time_fn(fn, inputs, reps=60)
+        except Exception as exc:  # noqa: BLE001 - a peer that fails is reported, not fatal
+            C.log(f"  {name} {peer}: {type(exc).__name__}: {str(exc)[:200]}")
+            traceback.print_exc()
+    mk = row["timings"].get("moekit", {}).get("us")
+    row["gbs"] = bytes_ / mk / 1e3 if mk else None
+    row["pct_copy"] = 100 * row["gbs"] / ceiling if mk else None
+    # the fields bench/run.py's combined table reads
+    peers = {p: t["us"] for p, t in row["timings"].items() if p != "moekit" and t.get("us")}
+    best = min(peers, key=peers.get) if peers else None
+    row.update(case=name.split(" ", 2)[2], pass_=None, score="", best_peer=best, moekit_gbs=row["gbs"],
+               pct_of_copy=row["pct_copy"], floor_us_at_copy=bytes_ / ceiling / 1e3,
+               speedup_vs_best_peer=peers[best] / mk if best and mk else None)
+    row["pass"] = " ".join(name.split(" ", 2)[:2])
+    del row["pass_"]
+    C.log(f"  {name}: moekit {C.fmt_num(mk, 2)} us, {C.fmt_num(row['gbs'])} GB/s ({C.fmt_num(row['pct_copy'])}% of copy)")
+    return row
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--no-plot", action="store_true")
+    ap.add_argument("--out", default="bench/results")
+    args = ap.parse_args(argv)
+    torch = C.import_torch()
+    moekit = C.import_moekit()
+    import moekit.torch  # noqa: F401 - registers the custom ops
+
+    l2 = C.l2_bytes(torch)
+    ceiling = C.copy_ceiling(torch)
+    C.log(f"copy ceiling {ceiling['gbs']:.0f} GB/s")
+    compile_ = (lambda f: torch.compile(f)) if not args.no_compile else None
+    records = []
+    tokens = TOKENS[:1] if args.quick else TOKENS
+    for T in tokens:
+        for E, score in ROWS:
+            d = 2  # bf16 logits
+
+            def new_logits():
+                return (torch.randn(T, E, device="cuda") * 2).to(torch.bfloat16),
+
+            def mk_fwd(x):
+                return moekit.aux_scores_forward(x, K, score_function=score)
+
+            def eager_fwd(x):
+                return torch_aux_scores(torch, x, score)
+
+            fns = {"moekit": mk_fwd, "torch eager": eager_fwd}
+            if compile_:
+                fns["torch.compile"] = compile_(eager_fwd)
+            records.append(cell(torch, moekit, f"scores fwd T={T} E={E} {score}", T * E * (d + 9), fns, new_logits,
+                                ceiling["gbs"], l2))
+
+            def new_grad():
+                x = (torch.randn(T, E, device="cuda") * 2).to(torch.bfloat16)
+                _, _, inter = moekit.aux_scores_forward(x, K, score_function=score)
+                return torch.randn(T, E, device="cuda"), inter
+
+            def mk_bwd(g, inter):
+                return moekit.aux_scores_backward(g, inter, score_function=score, out_dtype="bfloat16")
+
+            def eager_bwd(g, inter):  # autograd of the composition, from the saved scores
+                if score == "softmax":
+                    dx = inter * (g - (g * inter).sum(-1, keepdim=True))
+                else:
+                    s = inter.sum(-1, keepdim=True) + 1e-20
+                    h = g / s - (g * inter).sum(-1, keepdim=True) / (s * s)
+                    dx = h * inter * (1 - inter)
+                return dx.to(torch.bfloat16)
+
+            fns = {"moekit": mk_bwd, "torch eager": eager_bwd}
+            if compile_:
+                fns["torch.compile"] = compile_(eager_bwd)
+            records.append(cell(torch, moekit, f"scores bwd T={T} E={E} {score}", T * E * (8 + d), fns, new_grad,
+                                ceiling["gbs"], l2))
+
+            C_ = E  # aux loss: probs are the f32 scores [T, E]
+
+            def new_probs():
+                return torch.rand(T, C_, device="cuda"), torch.randint(0, T, (C_,), device="cuda")
+
+            ws = torch.zeros(moekit.aux_loss_workspace_size(T, C_), dtype=torch.uint8, device="cuda")
+
+            def mk_loss(p, tok):
+                return moekit.aux_loss_forward(p, tok, T * K, E, K, COEFF, workspace=ws)
+
+            def eager_loss(p, tok):
+                return torch_aux_loss(torch, p, tok, T * K, E)
+
+            fns = {"moekit": mk_loss, "torch eager": eager_loss}
+            if compile_:
+                fns["torch.compile"] = compile_(eager_loss)
+            records.append(cell(torch, moekit, f"loss fwd R={T} C={C_} f32", T * C_ * 4, fns, new_probs,
+                                ceiling["gbs"], l2))
+
+            const_buf = torch.full((1,), 1e-7, device="cuda")
+            grad_loss = torch.ones((), device="cuda")
+
+            def new_tokens():
+                return (torch.randint(0, T, (C_,), device="cuda"),)
+
+            def mk_loss_bwd(tok):
+                return moekit.aux_loss_backward(const_buf, tok, grad_loss, T)
+
+            def eager_loss_bwd(tok):
+                return (const_buf * tok.float() * grad_loss).expand(T, C_).contiguous()
+
+            fns = {"moekit": mk_loss_bwd, "torch eager": eager_loss_bwd}
+            if compile_:
+                fns["torch.compile"] = compile_(eager_loss_bwd)
+            records.append(cell(torch, moekit, f"loss bwd R={T} C={C_} f32", T * C_ * 4, fns, new_tokens,
+                                ceiling["gbs"], l2))
+
+    headers = ["cell", "moekit us", "GB/s", "% copy", "eager us", "compile us", "x eager", "x compile"]
+    table = []
+    for r in records:
+        t = r["timings"]
+        mk = t.get("moekit", {}).get("us")
+        eg = t.get("torch eager", {}).get("us")
+        cp = t.get("torch.compile", {}).get("us")
+        table.append([r["cell"], C.fmt_num(mk, 2), C.fmt_num(r["gbs"], 0), C.fmt_num(r["pct_copy"]),
+                      C.fmt_num(eg, 2), C.fmt_num(cp, 2), C.fmt_num(eg / mk if mk and eg else None, 2) + "x",
+                      C.fmt_num(cp / mk if mk and cp else None, 2) + "x"])
+    print(f"\naux loss family, {C.device_info(torch, moekit).get('name', '?')}, copy ceiling {ceiling['gbs']:.0f} GB/s")
+    print(C.format_table(headers, table))
+    C.write_json(args.out, FAMILY, {"device": C.device_info(torch, moekit), "copy_ceiling": ceiling,
+                                    "records": records, "table": {"headers": headers, "rows": table}})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,14 @@
+"""NumPy float64 oracle of every op of SPEC.md: same names and signatures as the GPU ops, NumPy in
+and out. The tests compare the CUDA kernels against it. It needs NumPy only (ml_dtypes.bfloat16
+arrays are accepted: they are upcast like every other input), never imports the rest of the package
+and never touches a GPU.
+
+Router (section 1): _router.py. Aux-loss scores and aux loss (sections 2, 3): _aux.py.
+"""
+
+from ._aux import *  # noqa: F401,F403
+from ._aux import __all__ as _aux_all
+from ._router import *  # noqa: F401,F403
+from ._router import __all__ as _router_all
+
+__all__ = [*_router_all, *_aux_all]
