@@ -15,29 +15,19 @@
 namespace moekit {
 namespace aux_loss {
 
-// tokens_per_expert[c] as float, from any of its dtypes (i32, i64, f32, bf16).
-__device__ __forceinline__ float tokens_at(const void* tpe, int dtype, int c) {
-  switch (dtype) {
-    case 3: return (float)static_cast<const int32_t*>(tpe)[c];
-    case 4: return (float)static_cast<const int64_t*>(tpe)[c];
-    case 0: return static_cast<const float*>(tpe)[c];
-    default: return __bfloat162float(static_cast<const __nv_bfloat16*>(tpe)[c]);
-  }
-}
-
 // The column table: staged in shared memory, or read through from global memory (wide C).
 template <bool STAGED>
 struct Columns {
   const float* staged;
   const void* tpe;
   int dtype;
-  __device__ __forceinline__ float operator[](int c) const { return STAGED ? staged[c] : tokens_at(tpe, dtype, c); }
+  __device__ __forceinline__ float operator[](int c) const { return STAGED ? staged[c] : load_number_as_float(tpe, dtype, c); }
 };
 
 template <bool STAGED>
 __device__ __forceinline__ Columns<STAGED> stage_columns(const void* tpe, int dtype, int C, float* smem) {
   if constexpr (STAGED) {
-    for (int c = threadIdx.x; c < C; c += blockDim.x) smem[c] = tokens_at(tpe, dtype, c);
+    for (int c = threadIdx.x; c < C; c += blockDim.x) smem[c] = load_number_as_float(tpe, dtype, c);
     __syncthreads();
   }
   return {smem, tpe, dtype};

@@ -33,6 +33,16 @@ __device__ __forceinline__ float load_as_float(const void* p, int dtype, int i) 
   }
 }
 
+// The same for a float or integer tensor (3 i32, 4 i64: tokens per expert). Apart from
+// load_as_float so that the bias loads of the router keep their code.
+__device__ __forceinline__ float load_number_as_float(const void* p, int dtype, int i) {
+  switch (dtype) {
+    case 3: return (float)static_cast<const int32_t*>(p)[i];
+    case 4: return (float)static_cast<const int64_t*>(p)[i];
+    default: return load_as_float(p, dtype, i);
+  }
+}
+
 // ---- vector access to a thread's chunk of VEC consecutive elements --------------------------
 // A chunk moves in pieces of at most 16 bytes (the widest access on sm_80/sm_90). `vec` says the row
 // layout allows it (length a multiple of VEC, base 16-byte aligned); otherwise, and for a chunk that

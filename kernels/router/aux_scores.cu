@@ -43,24 +43,10 @@ extern "C" MOEKIT_API moekit_status_t moekit_aux_scores_forward(
     problem.aux = true;
     problem.aligned = all_aligned16({logits, scores, intermediate, problem.map_kind == kMapBytes ? routing_map : nullptr});
 
-    ForwardParams a{};
-    a.logits = logits;
-    a.bias_dtype = MOEKIT_DTYPE_F32;
-    a.probs = scores;
-    a.map = static_cast<uint8_t*>(routing_map);
-    a.intermediate = intermediate;
-    a.T = num_tokens;
-    a.E = problem.E;
-    a.K = problem.K;
-    a.mode = problem.mode;
-    a.map_kind = problem.map_kind;
-    a.scale = 1.0f;
+    ForwardParams a = forward_params(problem, logits, scores, routing_map, intermediate);
     const cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
     return run(op, problem, &plan_forward, [&](const ForwardPlan& plan) {
-      a.radix = plan.radix;
-      a.topk = plan.filtered ? kTopkFiltered : kTopkDefault;
-      a.vec = plan.vec;
-      a.smem_words_per_team = plan.smem_words_per_team;
+      apply_plan(plan, a);
       return with_float_type(logits_dtype, [&](auto t) { return launch_aux_forward<decltype(t)>(plan, a, s); });
     });
   });
@@ -103,8 +89,7 @@ extern "C" MOEKIT_API moekit_status_t moekit_aux_scores_backward(
     a.scale = 1.0f;
     const cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
     return run(op, problem, &plan_backward, [&](const BackwardPlan& plan) {
-      a.vec = plan.vec;
-      a.smem_words_per_team = plan.smem_words_per_team;
+      apply_plan(plan, a);
       return with_float_type(grad_logits_dtype, [&](auto t) { return launch_aux_backward<decltype(t)>(plan, a, s); });
     });
   });

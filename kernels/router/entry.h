@@ -76,6 +76,42 @@ inline bool all_aligned16(std::initializer_list<const void*> ptrs) {
   return true;
 }
 
+// The kernel parameters the problem fixes (sizes, groups, modes) and the outputs every forward has;
+// the entry point adds the rest (bias, indices, scale).
+inline ForwardParams forward_params(const ForwardProblem& p, const void* logits, void* probs, void* map,
+                                    float* intermediate) {
+  ForwardParams a{};
+  a.logits = logits;
+  a.bias_dtype = MOEKIT_DTYPE_F32;
+  a.probs = probs;
+  a.map = static_cast<uint8_t*>(map);
+  a.intermediate = intermediate;
+  a.T = p.T;
+  a.E = p.E;
+  a.K = p.K;
+  a.G = p.G;
+  a.Kg = p.Kg;
+  a.group_size = p.G > 0 ? p.E / p.G : 0;
+  a.per_group = p.G > 0 ? p.K / p.Kg : 0;
+  a.mode = p.mode;
+  a.map_kind = p.map_kind;
+  a.scale = 1.0f;
+  return a;
+}
+
+// The plan's run-time choices, into the kernel parameters.
+inline void apply_plan(const ForwardPlan& plan, ForwardParams& a) {
+  a.packed = plan.packed;
+  a.radix = plan.radix;
+  a.topk = plan.filtered ? kTopkFiltered : kTopkDefault;
+  a.vec = plan.vec;
+  a.smem_words_per_team = plan.smem_words_per_team;
+}
+inline void apply_plan(const BackwardPlan& plan, BackwardParams& a) {
+  a.vec = plan.vec;
+  a.smem_words_per_team = plan.smem_words_per_team;
+}
+
 // Plans for the device, then launches the plan, or records it in plan-only mode (common/run.h).
 template <typename Problem, typename Plan, typename Launch>
 moekit_status_t run(const char* op, const Problem& problem,

@@ -46,33 +46,16 @@ extern "C" MOEKIT_API moekit_status_t moekit_router_topk_forward(
     problem.indices = topk_indices != nullptr;
     problem.aligned = all_aligned16({logits, probs, intermediate, problem.map_kind == kMapBytes ? routing_map : nullptr});
 
-    ForwardParams a{};
-    a.logits = logits;
+    ForwardParams a = forward_params(problem, logits, probs, routing_map, intermediate);
     a.bias = expert_bias;
     a.bias_dtype = (int)bias_dtype;
     a.bias_vec = expert_bias != nullptr && aligned(expert_bias, 16) && num_experts % kTeamVec == 0;
-    a.probs = probs;
-    a.map = static_cast<uint8_t*>(routing_map);
     a.indices = topk_indices;
-    a.intermediate = intermediate;
-    a.T = num_tokens;
-    a.E = problem.E;
-    a.K = problem.K;
-    a.G = problem.G;
-    a.Kg = problem.Kg;
-    a.group_size = a.G > 0 ? a.E / a.G : 0;
-    a.per_group = a.G > 0 ? a.K / a.Kg : 0;
-    a.mode = problem.mode;
-    a.map_kind = problem.map_kind;
     a.idx64 = index_dtype == MOEKIT_DTYPE_I64;
     a.scale = scaling_factor;
     const cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
     return run(op, problem, &plan_forward, [&](const ForwardPlan& plan) {
-      a.packed = plan.packed;
-      a.radix = plan.radix;
-      a.topk = plan.filtered ? kTopkFiltered : kTopkDefault;
-      a.vec = plan.vec;
-      a.smem_words_per_team = plan.smem_words_per_team;
+      apply_plan(plan, a);
       return with_float_type(logits_dtype, [&](auto t) { return launch_forward<decltype(t)>(plan, a, s); });
     });
   });
@@ -121,8 +104,7 @@ extern "C" MOEKIT_API moekit_status_t moekit_router_topk_backward(
     a.scale = scaling_factor;
     const cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
     return run(op, problem, &plan_backward, [&](const BackwardPlan& plan) {
-      a.vec = plan.vec;
-      a.smem_words_per_team = plan.smem_words_per_team;
+      apply_plan(plan, a);
       return with_float_type(grad_dtype, [&](auto t) { return launch_backward<decltype(t)>(plan, a, s); });
     });
   });

@@ -14,6 +14,7 @@ import torch
 from . import _lib
 from ._array import choice, launch, torch_current_stream
 from ._lib import DType, MapFormat
+from .aux import aux_loss_workspace_size
 from .router import SCORE_FUNCTIONS
 
 __all__ = ["fused_topk_with_score_function", "fused_compute_score_for_moe_aux_loss", "fused_moe_aux_loss"]
@@ -349,7 +350,7 @@ def aux_loss_forward(
     const_buf = torch.empty(1, dtype=torch.float32, device=probs.device)
     device = probs.get_device()
     stream = torch_current_stream(device)
-    needed = _aux_loss_workspace_bytes(num_rows, num_cols)
+    needed = aux_loss_workspace_size(num_rows, num_cols)
     workspace = _aux_loss_workspace(device, stream, needed)
     status = launch(
         "torch", device, stream, _lib.lib.moekit_aux_loss_forward,
@@ -359,14 +360,6 @@ def aux_loss_forward(
     )  # fmt: skip
     _lib.check(status)
     return loss, const_buf
-
-
-def _aux_loss_workspace_bytes(num_rows, num_cols):
-    import ctypes
-
-    size = ctypes.c_size_t(0)
-    _lib.check(_lib.lib.moekit_aux_loss_workspace_size(num_rows, num_cols, ctypes.addressof(size)))
-    return size.value
 
 
 @aux_loss_forward.register_fake
