@@ -139,6 +139,80 @@ def aux_cases(label):
     return failures
 
 
+QUANT_CASES = [  # (T or (E, M), H, group, format, dtype, silu): odd T, G % 4 != 0, masked with empty experts
+    (7, 640, 128, "packed_ue8m0", torch.bfloat16, True),
+    (37, 160, 32, "col_f32_tma", torch.float32, True),
+    (5, 192, 64, "row_f32", torch.float16, False),
+    (9, 1536, 128, "col_f32_tma_ue8m0", torch.bfloat16, False),
+    ((5, 11), 640, 128, "packed_ue8m0", torch.bfloat16, True),
+    ((3, 6), 256, 64, "row_f32", torch.float32, True),
+]
+
+
+def quant_cases(label):
+    failures = 0
+    for T, H, g, fmt, dt, silu in QUANT_CASES:
+        masked = isinstance(T, tuple)
+        shape = (*T, 2 * H) if masked else ((T, 2 * H) if silu else (T, H))
+        x = torch.randn(shape, device="cuda").to(dt)
+        if masked:
+            counts = torch.tensor([T[1], 0, 3, T[1] + 2, 1][: T[0]], dtype=torch.int32, device="cuda")
+            q, scales = moekit.silu_mul_quant_fp8(x, group_size=g, scale_format=fmt, counts=counts)
+            rows = [(e, n) for e, n in enumerate(counts.clamp(0, T[1]).tolist()) if n]
+        elif silu:
+            q, scales = moekit.silu_mul_quant_fp8(x, group_size=g, scale_format=fmt)
+        else:
+            q, scales = moekit.quant_fp8(x, group_size=g, scale_format=fmt)
+        torch.cuda.synchronize()
+        xs = x.float().cpu().numpy()
+        qs, ss = q.view(torch.uint8).cpu().numpy(), scales.cpu().numpy()
+        if masked:
+            ok = True
+            for e, n in rows:
+                rq, rs = reference.silu_mul_quant_fp8(xs[e, :n], group_size=g, scale_format=fmt)
+                ok &= np.array_equal(qs[e, :n], np.asarray(rq).view(np.uint8))
+                ok &= np.array_equal(ss[e, :n].view(np.uint32), np.ascontiguousarray(rs).view(np.uint32))
+        else:
+            fn = reference.silu_mul_quant_fp8 if silu else reference.quant_fp8
+            rq, rs = fn(xs, group_size=g, scale_format=fmt)
+            ok = np.array_equal(qs, np.asarray(rq).view(np.uint8))
+            ok &= np.array_equal(ss.view(np.uint32), np.ascontiguousarray(rs).view(np.uint32))
+        print(f"[{label}] quant T={T} H={H} g={g} {fmt} {dt} silu={silu}: {'ok' if ok else 'MISMATCH'}")
+        failures += not ok
+    return failures
+
+
+EPILOGUE_CASES = [  # (T, H, dtype, weight dtype): vector rows, odd H (scalar path), the widest rows
+    (5, 7168, torch.bfloat16, torch.bfloat16),
+    (3, 130, torch.float16, torch.float32),
+    (2, 32768, torch.float32, torch.float32),
+    (4, 1000, torch.bfloat16, torch.float32),
+]
+
+
+def epilogue_cases(label):
+    failures = 0
+    for T, H, dt, wdt in EPILOGUE_CASES:
+        x, r, s = (torch.randn(T, H, device="cuda").to(dt) for _ in range(3))
+        w = torch.randn(H, device="cuda").to(wdt)
+        g1, gh = torch.randn(T, 1, device="cuda").to(dt), torch.randn(T, H, device="cuda").to(dt)
+        xs, rs, ss, ws = (t.float().cpu().numpy() for t in (x, r, s, w))
+        y = moekit.rmsnorm(x, w)
+        h1, hh = x.clone(), x.clone()
+        moekit.shared_expert_gate_(h1, s, g1)
+        moekit.shared_expert_gate_(hh, s, gh)
+        moekit.add_rmsnorm_(x, r, w)
+        torch.cuda.synchronize()
+        want_x, want_r = reference.add_rmsnorm_(xs, rs, ws)
+        errs = [rel_err(y, reference.rmsnorm(xs, ws)), rel_err(x, want_x), rel_err(r, want_r),
+                rel_err(h1, reference.shared_expert_gate_(xs, ss, g1.float().cpu().numpy())),
+                rel_err(hh, reference.shared_expert_gate_(xs, ss, gh.float().cpu().numpy()))]
+        ok = max(errs) <= (1e-5 if dt == torch.float32 else 1e-2)
+        print(f"[{label}] epilogues T={T} H={H} {dt} weight {wdt}: {'ok' if ok else 'MISMATCH'} ({max(errs):.1e})")
+        failures += not ok
+    return failures
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--presets", default=None, help="comma-separated names (default: defaults and every preset)")
@@ -149,6 +223,8 @@ def main():
         with tuning(preset):
             failures += router_cases(preset or "defaults")
             failures += aux_cases(preset or "defaults")
+            failures += quant_cases(preset or "defaults")
+            failures += epilogue_cases(preset or "defaults")
     print(f"sanitize_cases: {failures} mismatches")
     sys.exit(1 if failures else 0)
 

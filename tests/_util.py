@@ -24,6 +24,26 @@ NUMPY_DTYPES = {
 SHORT_NAMES = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}
 
 
+def load_reference():
+    """moekit.reference, or the oracle loaded from the source tree on its own when the package cannot
+    be imported (its __init__ may need the compiled library; the oracle never does)."""
+    try:
+        from moekit import reference
+
+        return reference
+    except Exception:
+        import importlib.util
+        import pathlib
+        import sys
+
+        path = pathlib.Path(__file__).resolve().parents[1] / "python" / "moekit" / "reference"
+        spec = importlib.util.spec_from_file_location(
+            "moekit_reference_standalone", path / "__init__.py", submodule_search_locations=[str(path)])
+        module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # relative imports
+        spec.loader.exec_module(module)
+        return module
+
+
 def torch_dtype(name):
     import torch
 

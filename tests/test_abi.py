@@ -55,6 +55,24 @@ def backward(**changes):
     return _lib.lib.moekit_router_topk_backward(*{**BACKWARD, **changes}.values())
 
 
+def abi_caller(calls):
+    """call(op, **changes) for a family's ABI tests: calls[op] = (the base arguments of a valid call,
+    the C function's name); `changes` replace some of them."""
+
+    def call(op, **changes):
+        base, name = calls[op]
+        assert not set(changes) - set(base)
+        return getattr(_lib.lib, name)(*{**base, **changes}.values())
+
+    return call
+
+
+def assert_invalid_op(status, op, names, value=None):
+    """assert_invalid, and the message starts with the op's name."""
+    message = assert_invalid(status, names, value)
+    assert message.startswith(op), f"message {message!r} does not start with the op name {op}"
+
+
 def assert_invalid(status, names, value=None):
     """INVALID_ARGUMENT, and the message names one of `names` (and shows `value` if given)."""
     message = _lib.last_error()

@@ -212,9 +212,25 @@ AUX_LOSS_KNOB_EFFECTS = {
 }
 
 
+# The quantization's knobs: a value and the call whose plan it changes.
+QUANT_KNOB_EFFECTS = {
+    "quant.blocks_per_sm": (2, dict(T=65536, H=7168), "blocks"),
+    "quant.blocks": (7, dict(T=65536, H=7168), "blocks"),
+}
+
+
+# The epilogues' knobs.
+EPILOGUE_KNOB_EFFECTS = {
+    "epilogue.gate_blocks_per_sm": (2, dict(op="gate", T=65536, H=7168), "blocks"),
+    "epilogue.norm_min_vpt": (16, dict(op="rmsnorm", T=8192, H=7168), "vpt"),
+}
+
+
 def test_every_knob_changes_a_plan():
-    assert set(KNOB_EFFECTS) | set(AUX_LOSS_KNOB_EFFECTS) == set(_hooks.tuning_names())
-    for effects, planner in ((KNOB_EFFECTS, forward_plan), (AUX_LOSS_KNOB_EFFECTS, aux_loss_plan)):
+    knobs = set(KNOB_EFFECTS) | set(AUX_LOSS_KNOB_EFFECTS) | set(QUANT_KNOB_EFFECTS) | set(EPILOGUE_KNOB_EFFECTS)
+    assert knobs == set(_hooks.tuning_names())
+    for effects, planner in ((KNOB_EFFECTS, forward_plan), (AUX_LOSS_KNOB_EFFECTS, aux_loss_plan),
+                             (QUANT_KNOB_EFFECTS, quant_plan), (EPILOGUE_KNOB_EFFECTS, epilogue_plan)):
         for knob, (value, call, field) in effects.items():
             default = planner(**call)
             with _hooks.tuning({knob: value}):
@@ -278,3 +294,56 @@ def test_aux_loss_plans():
     assert aux_loss_plan(0, 256)["blocks"] == "1"  # R == 0 still writes the loss and const_buf
     assert aux_loss_plan(4, 20000)["staged"] == "0"
     assert aux_loss_plan(65536, 256, backward=True)["path"] == "stream_store"
+
+
+# ---- FP8 quantization -----------------------------------------------------------------------------
+
+def quant_plan(T, H, masked_experts=0, silu=True):
+    x, q, scales, counts = 0x1000000, 0x9000000000, 0xA000000000, 0xB000000
+    with _hooks.plan_only():
+        if masked_experts:
+            status = _lib.lib.moekit_silu_mul_quant_fp8_masked(x, DType.BF16, masked_experts, T, H, counts, DType.I32,
+                                                               128, 3, 1, 0, q, scales, None)
+        elif silu:
+            status = _lib.lib.moekit_silu_mul_quant_fp8(x, DType.BF16, T, H, 128, 3, 1, 0, q, scales, None)
+        else:
+            status = _lib.lib.moekit_quant_fp8(x, DType.BF16, T, H, 128, 2, q, scales, None)
+        assert status == Status.SUCCESS, _lib.last_error()
+        return _hooks.last_plan()
+
+
+def test_quant_plans():
+    # bench/quant.py's shapes: a persistent grid of 132 * 4 blocks once there is work for it
+    assert quant_plan(65536, 7168) == dict(path="silu_mul_quant", threads="256", blocks=str(132 * 4),
+                                           smem_bytes="0", pdl="1")
+    assert quant_plan(128, 2048)["blocks"] == "64"  # 128 rows x 4 warp units / 8 warps a block
+    assert quant_plan(8192, 2048, silu=False)["path"] == "quant"
+    masked = quant_plan(8192, 2048, masked_experts=32)
+    assert masked["path"] == "silu_mul_quant_masked" and masked["smem_bytes"] == str(33 * 8)
+
+
+# ---- epilogues ------------------------------------------------------------------------------------
+
+def epilogue_plan(op, T, H, dtype=DType.BF16):
+    a, b, c = 0x1000000, 0x90000000000, 0xA0000000000
+    with _hooks.plan_only():
+        if op == "gate":
+            status = _lib.lib.moekit_shared_expert_gate(a, b, c, dtype, T, H, 1, None)
+        elif op == "add_rmsnorm":
+            status = _lib.lib.moekit_add_rmsnorm(a, b, c, dtype, dtype, T, H, 1e-6, None)
+        else:
+            status = _lib.lib.moekit_rmsnorm(a, c, b, dtype, dtype, T, H, 1e-6, None)
+        assert status == Status.SUCCESS, _lib.last_error()
+        return _hooks.last_plan()
+
+
+def test_epilogue_plans():
+    # one block per row, 16 bytes per thread while a row fits 1024 threads
+    got, want = subset(epilogue_plan("add_rmsnorm", 8192, 7168), vpt=8, threads=896, blocks=132 * 2)
+    assert got == want
+    assert epilogue_plan("rmsnorm", 70000, 16384)["vpt"] == "16"
+    assert epilogue_plan("rmsnorm", 1, 16384, DType.F32)["vpt"] == "16"
+    assert epilogue_plan("rmsnorm", 1, 32768, DType.F32) == dict(path="rmsnorm", vpt="32", threads="1024", blocks="1",
+                                                                  pdl="1")
+    assert epilogue_plan("gate", 16, 7168)["blocks"] == "56"  # 114688 / 8 / 256
+    assert epilogue_plan("gate", 65536, 7168)["blocks"] == str(132 * 32)

@@ -5,23 +5,16 @@ sorted() over an explicit comparison key; the backward against central finite di
 forward. Both run under hypothesis, with exact ties, repeated values, NaN, +-inf and -0.0/+0.0.
 """
 
-import importlib.util
 import math
-import pathlib
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-try:
-    from moekit import reference as ref
-except Exception:  # the package's __init__ may need the compiled library; the oracle never does
-    _path = pathlib.Path(__file__).resolve().parents[1] / "python" / "moekit" / "reference"
-    _spec = importlib.util.spec_from_file_location(
-        "moekit_reference_standalone", _path / "__init__.py", submodule_search_locations=[str(_path)])
-    ref = importlib.util.module_from_spec(_spec)
-    _spec.loader.exec_module(ref)
+from _util import load_reference
+
+ref = load_reference()
 
 SETTINGS = settings(max_examples=150, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])

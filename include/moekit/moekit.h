@@ -73,11 +73,21 @@ typedef enum moekit_map_format_t {
   MOEKIT_MAP_BITMAP = 2   /* u8 [T, ceil(E/8)], bit e%8 (LSB first) of byte e/8; padding bits 0 */
 } moekit_map_format_t;
 
+/* How the per-group scales of the FP8 quantization are laid out (SPEC.md section 6). */
+typedef enum moekit_scale_format_t {
+  MOEKIT_SCALE_ROW_F32 = 0,           /* f32 [T, G] row-major */
+  MOEKIT_SCALE_COL_F32_TMA = 1,       /* f32 [T, G], strides (1, Ta): stored [G, Ta], Ta = T rounded up to 4 */
+  MOEKIT_SCALE_COL_F32_TMA_UE8M0 = 2, /* the same, scales rounded up to powers of two */
+  MOEKIT_SCALE_PACKED_UE8M0 = 3       /* i32 [T, ceil(G/4)], strides (1, Ta): 4 exponent bytes per word */
+} moekit_scale_format_t;
+
 /* ---- library ------------------------------------------------------------------------------ */
 
 MOEKIT_API int moekit_version(void);     /* MOEKIT_VERSION the library was built as */
 MOEKIT_API int moekit_abi_version(void); /* MOEKIT_ABI_VERSION the library was built as */
 MOEKIT_API const char* moekit_status_string(moekit_status_t status);
+/* "cuda_archs=90a cuda_toolkit=13.0.48": what the library was compiled for (moekit info). */
+MOEKIT_API const char* moekit_build_info(void);
 /* The calling thread's message for its last failed call ("" if none). Valid until its next call. */
 MOEKIT_API const char* moekit_last_error(void);
 
@@ -166,6 +176,61 @@ MOEKIT_API moekit_status_t moekit_aux_loss_backward(
     const float* const_buf, const void* tokens_per_expert, moekit_dtype_t tokens_dtype,
     int64_t num_rows, int64_t num_cols, const void* grad_loss, moekit_dtype_t grad_dtype,
     void* grad_probs, moekit_stream_t stream);
+
+/* ---- FP8 quantization: SPEC.md section 6. --------------------------------------------------
+ *
+ * silu_mul_quant_fp8: x [T, 2H] (f32, f16, bf16), [gate | up] when gate_first (else [up | gate]);
+ * y = silu(gate) * up in fp32 (round_act: silu rounded to the x dtype, the product too: the unfused
+ * pipeline's bits); per group of group_size (32, 64, 128; H % group_size == 0) consecutive columns
+ * of a row, scale = max(amax |y|, 1e-10) / 448 (UE8M0 formats: rounded up to a power of two by its
+ * bits) and q [T, H] e4m3fn = y / scale, saturated, round to nearest even. scales per scale_format
+ * (moekit_scale_format_t), every padding element written 0. x and q 16-byte aligned, scales 4-byte;
+ * x, q and scales must not overlap. Any T; T == 0 launches nothing.
+ */
+MOEKIT_API moekit_status_t moekit_silu_mul_quant_fp8(
+    const void* x, moekit_dtype_t x_dtype, int64_t num_tokens, int64_t hidden,
+    int64_t group_size, moekit_scale_format_t scale_format, int gate_first, int round_act,
+    void* q, void* scales, moekit_stream_t stream);
+
+/* The masked layout: x [E, M, 2H], q [E, M, H]; counts [E] (i32 or i64, on the device, clamped to
+ * [0, M]) valid rows per expert; E <= 4096. Rows past counts[e] are not read and their q is not
+ * written; their scales are written 0. scales: f32 [E, M, G] (ROW_F32), or per expert the column
+ * layouts above with M in place of T: storage [E, G, Ta_M] (packed: [E, ceil(G/4), Ta_M]),
+ * Ta_M = M rounded up to 4.
+ */
+MOEKIT_API moekit_status_t moekit_silu_mul_quant_fp8_masked(
+    const void* x, moekit_dtype_t x_dtype, int64_t num_experts, int64_t max_tokens, int64_t hidden,
+    const void* counts, moekit_dtype_t counts_dtype,
+    int64_t group_size, moekit_scale_format_t scale_format, int gate_first, int round_act,
+    void* q, void* scales, moekit_stream_t stream);
+
+/* quant_fp8: the same quantization of an existing x [T, H] (y = x). */
+MOEKIT_API moekit_status_t moekit_quant_fp8(
+    const void* x, moekit_dtype_t x_dtype, int64_t num_tokens, int64_t hidden,
+    int64_t group_size, moekit_scale_format_t scale_format, void* q, void* scales, moekit_stream_t stream);
+
+/* ---- fused epilogues: SPEC.md section 7. ------------------------------------------------------
+ *
+ * shared_expert_gate: hidden [T, H] += sigmoid(gate) * shared [T, H], in place, fp32 math; gate
+ * [T, 1] (gate_per_token) or [T, H]; every tensor in dtype (f32, f16, bf16). hidden must not
+ * overlap shared or gate.
+ */
+MOEKIT_API moekit_status_t moekit_shared_expert_gate(
+    void* hidden, const void* shared, const void* gate, moekit_dtype_t dtype,
+    int64_t num_tokens, int64_t hidden_size, int gate_per_token, moekit_stream_t stream);
+
+/* add_rmsnorm: residual = x + residual; x = residual * rsqrt(mean(residual^2) + eps) * weight, in
+ * place, with the fp32 sum (not its rounding) normalized. x, residual [T, H] in dtype; weight [H]
+ * in dtype or f32. H <= MOEKIT_NORM_MAX_HIDDEN. Any T; the sum of squares has a fixed order.
+ * rmsnorm: y = x * rsqrt(mean(x^2) + eps) * weight; y may be x (in place) but not overlap it otherwise.
+ */
+#define MOEKIT_NORM_MAX_HIDDEN 32768
+MOEKIT_API moekit_status_t moekit_add_rmsnorm(
+    void* x, void* residual, const void* weight, moekit_dtype_t dtype, moekit_dtype_t weight_dtype,
+    int64_t num_tokens, int64_t hidden_size, float eps, moekit_stream_t stream);
+MOEKIT_API moekit_status_t moekit_rmsnorm(
+    const void* x, const void* weight, void* y, moekit_dtype_t dtype, moekit_dtype_t weight_dtype,
+    int64_t num_tokens, int64_t hidden_size, float eps, moekit_stream_t stream);
 
 #ifdef __cplusplus
 } /* extern "C" */

@@ -84,6 +84,10 @@ extern "C" {
 
 MOEKIT_API int moekit_version(void) { return MOEKIT_VERSION; }
 MOEKIT_API int moekit_abi_version(void) { return MOEKIT_ABI_VERSION; }
+#ifndef MOEKIT_BUILD_INFO
+#define MOEKIT_BUILD_INFO "cuda_archs=unknown"
+#endif
+MOEKIT_API const char* moekit_build_info(void) { return MOEKIT_BUILD_INFO; }
 
 MOEKIT_API const char* moekit_status_string(moekit_status_t status) {
   switch (status) {

@@ -27,6 +27,10 @@ constexpr const char* kKnobs[] = {
     "router.wide_min_experts",
     "aux_loss.blocks_per_sm",
     "aux_loss.blocks",
+    "quant.blocks_per_sm",
+    "quant.blocks",
+    "epilogue.gate_blocks_per_sm",
+    "epilogue.norm_min_vpt",
 };
 constexpr int kNumKnobs = (int)(sizeof(kKnobs) / sizeof(kKnobs[0]));
 

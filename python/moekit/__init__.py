@@ -19,6 +19,11 @@ __all__ = [
     "aux_loss_forward",
     "aux_loss_backward",
     "aux_loss_workspace_size",
+    "silu_mul_quant_fp8",
+    "quant_fp8",
+    "shared_expert_gate_",
+    "add_rmsnorm_",
+    "rmsnorm",
     "reference",
     "get_library_path",
     "get_include_dir",
@@ -64,6 +69,11 @@ _LAZY_OPS = {
     "aux_loss_forward": "aux",
     "aux_loss_backward": "aux",
     "aux_loss_workspace_size": "aux",
+    "silu_mul_quant_fp8": "quant",
+    "quant_fp8": "quant",
+    "shared_expert_gate_": "epilogue",
+    "add_rmsnorm_": "epilogue",
+    "rmsnorm": "epilogue",
 }
 
 

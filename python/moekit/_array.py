@@ -300,10 +300,10 @@ def launch(framework, device_id, stream, function, *args):
 
 
 def _numpy_dtype(name):
-    if name == "bfloat16":
+    if name in ("bfloat16", "float8_e4m3fn"):
         import ml_dtypes
 
-        return np.dtype(ml_dtypes.bfloat16)
+        return np.dtype(getattr(ml_dtypes, name))
     return np.dtype(name)
 
 
@@ -327,6 +327,8 @@ def empty(reference, shape, dtype):
         return torch.empty(shape, dtype=getattr(torch, dtype), device=device)
     if framework == "cupy":
         cupy = sys.modules["cupy"]
+        if dtype == "float8_e4m3fn":  # CuPy has no fp8 dtype: its bytes
+            dtype = "uint8"
         with contextlib.nullcontext() if device_id is None else cupy.cuda.Device(device_id):
             return cupy.empty(shape, dtype=_numpy_dtype(dtype))
     jnp = sys.modules["jax"].numpy

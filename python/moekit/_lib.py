@@ -47,6 +47,13 @@ class MapFormat(enum.IntEnum):
     BITMAP = 2
 
 
+class ScaleFormat(enum.IntEnum):
+    ROW_F32 = 0
+    COL_F32_TMA = 1
+    COL_F32_TMA_UE8M0 = 2
+    PACKED_UE8M0 = 3
+
+
 _ptr = ctypes.c_void_p
 _i64 = ctypes.c_int64
 _int = ctypes.c_int
@@ -61,6 +68,7 @@ PROTOTYPES = {
     "moekit_abi_version": (_int, ()),
     "moekit_status_string": (ctypes.c_char_p, (_enum,)),
     "moekit_last_error": (ctypes.c_char_p, ()),
+    "moekit_build_info": (ctypes.c_char_p, ()),
     "moekit_router_topk_forward": (
         _enum,
         (
@@ -116,6 +124,51 @@ PROTOTYPES = {
         (
             _ptr, _ptr, _enum, _i64, _i64,  # const_buf, tokens_per_expert, tokens_dtype, num_rows, num_cols
             _ptr, _enum, _ptr, _stream,  # grad_loss, grad_dtype, grad_probs, stream
+        ),
+    ),
+    "moekit_silu_mul_quant_fp8": (
+        _enum,
+        (
+            _ptr, _enum, _i64, _i64,  # x, x_dtype, num_tokens, hidden
+            _i64, _enum, _int, _int,  # group_size, scale_format, gate_first, round_act
+            _ptr, _ptr, _stream,  # q, scales, stream
+        ),
+    ),
+    "moekit_silu_mul_quant_fp8_masked": (
+        _enum,
+        (
+            _ptr, _enum, _i64, _i64, _i64,  # x, x_dtype, num_experts, max_tokens, hidden
+            _ptr, _enum,  # counts, counts_dtype
+            _i64, _enum, _int, _int,  # group_size, scale_format, gate_first, round_act
+            _ptr, _ptr, _stream,  # q, scales, stream
+        ),
+    ),
+    "moekit_quant_fp8": (
+        _enum,
+        (
+            _ptr, _enum, _i64, _i64,  # x, x_dtype, num_tokens, hidden
+            _i64, _enum, _ptr, _ptr, _stream,  # group_size, scale_format, q, scales, stream
+        ),
+    ),
+    "moekit_shared_expert_gate": (
+        _enum,
+        (
+            _ptr, _ptr, _ptr, _enum,  # hidden, shared, gate, dtype
+            _i64, _i64, _int, _stream,  # num_tokens, hidden_size, gate_per_token, stream
+        ),
+    ),
+    "moekit_add_rmsnorm": (
+        _enum,
+        (
+            _ptr, _ptr, _ptr, _enum, _enum,  # x, residual, weight, dtype, weight_dtype
+            _i64, _i64, _float, _stream,  # num_tokens, hidden_size, eps, stream
+        ),
+    ),
+    "moekit_rmsnorm": (
+        _enum,
+        (
+            _ptr, _ptr, _ptr, _enum, _enum,  # x, weight, y, dtype, weight_dtype
+            _i64, _i64, _float, _stream,  # num_tokens, hidden_size, eps, stream
         ),
     ),
 }

@@ -1,0 +1,104 @@
+// The epilogue kernels (SPEC section 7). RMSNorm (with or without the residual add): one block per
+// row, the row in registers, one block reduction of the sum of squares in a fixed order, then the
+// scaled row. The shared-expert gate: a streaming grid-stride loop.
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_runtime.h>
+
+#include "common/device.cuh"
+#include "epilogue/params.h"
+
+namespace moekit {
+namespace epilogue {
+
+// Sum of v over the block, the same bits in every thread: warp trees, then warp 0 adds the warp
+// totals in order. `partial` holds 32 floats; the trailing barrier lets the caller reuse it.
+__device__ __forceinline__ float block_sum(float v, float* partial) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kFullMask, v, o);
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  float total = 0.0f;
+  const int warps = (blockDim.x + 31) >> 5;
+  for (int w = 0; w < warps; ++w) total += partial[w];
+  __syncthreads();
+  return total;
+}
+
+template <typename T, int VPT, bool ADD>
+__device__ __forceinline__ void load_row(const NormParams& p, int64_t row, int64_t col, bool vec, float (&v)[VPT],
+                                         float (&r)[VPT]) {
+  if (row >= p.T) return;
+  load_chunk<T, VPT>(static_cast<const T*>(p.x) + row * p.H, col, p.H, vec, 0.0f, v);
+  if constexpr (ADD) load_chunk<T, VPT>(static_cast<const T*>(p.residual) + row * p.H, col, p.H, vec, 0.0f, r);
+}
+
+// Rows strided over a persistent grid; the next row's loads are issued before this row's reduction,
+// so a thread keeps two rows' bytes in flight.
+template <typename T, typename W, int VPT, bool ADD>
+__global__ void __launch_bounds__(kMaxThreads) norm_kernel(const NormParams p) {
+  __shared__ float partial[32];
+  pdl_wait_then_release_next();
+  const int64_t col = (int64_t)threadIdx.x * VPT;
+  const bool vec = p.vec != 0;
+  float w[VPT], v[VPT], r[VPT], nv[VPT], nr[VPT];
+  load_chunk<W, VPT>(static_cast<const W*>(p.weight), col, p.H, vec, 0.0f, w);
+  load_row<T, VPT, ADD>(p, blockIdx.x, col, vec, v, r);
+  for (int64_t row = blockIdx.x; row < p.T; row += gridDim.x) {
+    load_row<T, VPT, ADD>(p, row + gridDim.x, col, vec, nv, nr);
+    const int64_t base = row * p.H;
+    if constexpr (ADD) {
+#pragma unroll
+      for (int i = 0; i < VPT; ++i) v[i] += r[i];
+      store_chunk<T, VPT>(static_cast<T*>(p.residual) + base, col, p.H, vec, v);
+    }
+    float ss = 0.0f;
+#pragma unroll
+    for (int i = 0; i < VPT; ++i) ss = fmaf(v[i], v[i], ss);
+    const float rstd = rsqrtf(block_sum(ss, partial) / (float)p.H + p.eps);
+#pragma unroll
+    for (int i = 0; i < VPT; ++i) v[i] = v[i] * rstd * w[i];
+    store_chunk<T, VPT>(static_cast<T*>(p.y) + base, col, p.H, vec, v);
+#pragma unroll
+    for (int i = 0; i < VPT; ++i) {
+      v[i] = nv[i];
+      r[i] = nr[i];
+    }
+  }
+}
+
+// i / H, in 32 bits where i fits (several times cheaper than a 64-bit division).
+__device__ __forceinline__ int64_t row_of(int64_t i, int H) {
+  return i <= 0xffffffffLL ? (int64_t)((uint32_t)i / (uint32_t)H) : i / H;
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kGateThreads) gate_kernel(const GateParams p) {
+  pdl_wait_then_release_next();
+  const bool vec = p.vec != 0;
+  const int64_t stride = (int64_t)gridDim.x * kGateThreads * kGateVec;
+  for (int64_t i = ((int64_t)blockIdx.x * kGateThreads + threadIdx.x) * kGateVec; i < p.n; i += stride) {
+    float h[kGateVec], s[kGateVec], g[kGateVec];
+    load_chunk<T, kGateVec>(static_cast<const T*>(p.hidden), i, p.n, vec, 0.0f, h);
+    load_chunk<T, kGateVec>(static_cast<const T*>(p.shared), i, p.n, vec, 0.0f, s);
+    if (p.per_token && vec) {  // a vector chunk lies in one row
+      const float gv = to_float(static_cast<const T*>(p.gate)[row_of(i, p.H)]);
+#pragma unroll
+      for (int k = 0; k < kGateVec; ++k) g[k] = gv;
+    } else if (p.per_token) {
+#pragma unroll
+      for (int k = 0; k < kGateVec; ++k) g[k] = to_float(static_cast<const T*>(p.gate)[row_of(min(i + k, p.n - 1), p.H)]);
+    } else {
+      load_chunk<T, kGateVec>(static_cast<const T*>(p.gate), i, p.n, vec, 0.0f, g);
+    }
+#pragma unroll
+    for (int k = 0; k < kGateVec; ++k) h[k] = fmaf(1.0f / (1.0f + expf(-g[k])), s[k], h[k]);
+    store_chunk<T, kGateVec>(static_cast<T*>(p.hidden), i, p.n, vec, h);
+  }
+}
+
+}  // namespace epilogue
+}  // namespace moekit

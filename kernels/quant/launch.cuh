@@ -1,0 +1,20 @@
+// The quantization's one launch switch: a plan (plan.h) to the kernel instantiation that runs it.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "common/launch.h"
+#include "quant/kernels.cuh"
+#include "quant/plan.h"
+
+namespace moekit {
+namespace quant {
+
+template <typename T>
+cudaError_t launch_quant(const Plan& plan, const Params& a, cudaStream_t stream) {
+  if (plan.silu) return launch_kernel(&quant_kernel<T, true>, plan.shape, stream, a);
+  return launch_kernel(&quant_kernel<T, false>, plan.shape, stream, a);
+}
+
+}  // namespace quant
+}  // namespace moekit
