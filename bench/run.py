@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C  # noqa: E402
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
-FAMILIES = ("router", "aux_loss", "quant")  # one script per family: bench/<family>.py
+FAMILIES = ("router", "aux_loss", "quant", "routing")  # one script per family: bench/<family>.py
 
 
 def parse_args(argv=None):

@@ -213,6 +213,32 @@ def epilogue_cases(label):
     return failures
 
 
+ALIGN_CASES = [  # (T, K, E, block, map?, multi?): one launch, three launches, skipped ids, an expert map
+    (0, 8, 64, 16, False, False),
+    (37, 8, 256, 64, False, False),
+    (37, 8, 256, 64, False, True),
+    (3000, 6, 1024, 128, False, False),
+    (500, 8, 64, 32, True, False),
+]
+
+
+def align_cases(label):
+    failures = 0
+    for T, K, E, BM, with_map, multi in ALIGN_CASES:
+        e_global = 2 * E if with_map else E
+        ids = torch.randint(-1, e_global + 1, (T, K), device="cuda", dtype=torch.int32)
+        emap = torch.where(torch.rand(e_global, device="cuda") < 0.5,
+                           torch.randint(0, E, (e_global,), device="cuda"), -1).to(torch.int32) if with_map else None
+        with tuning({"align.force_multi": 1} if multi else None):
+            got = moekit.moe_align(ids, E, BM, expert_map=emap)
+        torch.cuda.synchronize()
+        want = reference.moe_align(ids.cpu().numpy(), E, BM, expert_map=None if emap is None else emap.cpu().numpy())
+        ok = all(np.array_equal(g.cpu().numpy(), w) for g, w in zip(got, want))
+        print(f"[{label}] moe_align T={T} K={K} E={E} BM={BM} map={with_map} multi={multi}: {'ok' if ok else 'MISMATCH'}")
+        failures += not ok
+    return failures
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--presets", default=None, help="comma-separated names (default: defaults and every preset)")
@@ -225,6 +251,7 @@ def main():
             failures += aux_cases(preset or "defaults")
             failures += quant_cases(preset or "defaults")
             failures += epilogue_cases(preset or "defaults")
+            failures += align_cases(preset or "defaults")
     print(f"sanitize_cases: {failures} mismatches")
     sys.exit(1 if failures else 0)
 

@@ -226,11 +226,16 @@ EPILOGUE_KNOB_EFFECTS = {
 }
 
 
+ALIGN_KNOB_EFFECTS = {"align.force_multi": (1, dict(T=16, K=8, E=256), "path")}
+
+
 def test_every_knob_changes_a_plan():
-    knobs = set(KNOB_EFFECTS) | set(AUX_LOSS_KNOB_EFFECTS) | set(QUANT_KNOB_EFFECTS) | set(EPILOGUE_KNOB_EFFECTS)
+    knobs = set(KNOB_EFFECTS) | set(AUX_LOSS_KNOB_EFFECTS) | set(QUANT_KNOB_EFFECTS) | set(EPILOGUE_KNOB_EFFECTS) \
+        | set(ALIGN_KNOB_EFFECTS)
     assert knobs == set(_hooks.tuning_names())
     for effects, planner in ((KNOB_EFFECTS, forward_plan), (AUX_LOSS_KNOB_EFFECTS, aux_loss_plan),
-                             (QUANT_KNOB_EFFECTS, quant_plan), (EPILOGUE_KNOB_EFFECTS, epilogue_plan)):
+                             (QUANT_KNOB_EFFECTS, quant_plan), (EPILOGUE_KNOB_EFFECTS, epilogue_plan),
+                             (ALIGN_KNOB_EFFECTS, align_plan)):
         for knob, (value, call, field) in effects.items():
             default = planner(**call)
             with _hooks.tuning({knob: value}):
@@ -347,3 +352,21 @@ def test_epilogue_plans():
                                                                   pdl="1")
     assert epilogue_plan("gate", 16, 7168)["blocks"] == "56"  # 114688 / 8 / 256
     assert epilogue_plan("gate", 65536, 7168)["blocks"] == str(132 * 32)
+
+
+# ---- moe_align -------------------------------------------------------------------------------------
+
+def align_plan(T, K, E, BM=64):
+    with _hooks.plan_only():
+        status = _lib.lib.moekit_moe_align(0x1000000, DType.I32, T, K, E, BM, None, 0, 0x2000000, 0x3000000, 0x4000000,
+                                           0x5000000, 0x6000000, 0x7000000, 1 << 30, None)
+        assert status == Status.SUCCESS, _lib.last_error()
+        return _hooks.last_plan()
+
+
+def test_align_plans():
+    assert align_plan(16, 8, 256)["path"] == "single"  # one launch for small T
+    assert align_plan(256, 8, 256) == dict(path="single", chunks="1", threads="256", blocks="1",
+                                           smem_bytes=str(10 * 256 * 4), pdl="1")
+    multi = align_plan(65536, 8, 256)
+    assert multi["path"] == "multi" and multi["chunks"] == str(65536 * 8 // 2048)

@@ -232,6 +232,31 @@ MOEKIT_API moekit_status_t moekit_rmsnorm(
     const void* x, const void* weight, void* y, moekit_dtype_t dtype, moekit_dtype_t weight_dtype,
     int64_t num_tokens, int64_t hidden_size, float eps, moekit_stream_t stream);
 
+/* ---- token alignment for grouped GEMMs (moe_align_block_size): SPEC.md section 5. -------------
+ *
+ * topk_ids [T, K] (i32 or i64; K <= 64) -> the flat pair indices t*K + j grouped by expert, each
+ * expert's region starting at a multiple of block_size (16..256) with ceil(count/BS)*BS slots,
+ * ascending pair index inside a region (deterministic), unused slots = T*K:
+ *   sorted_token_ids [max_padded] i32, expert_ids [num_blocks] i32 (-1 past the end),
+ *   num_tokens_post_padded [1] i32, expert_counts [E] i32 (unpadded), expert_offsets [E+1] i32
+ *   (exclusive prefix of expert_counts); max_padded = T*K + min(T*K, E)*(BS-1) and num_blocks =
+ *   ceil(max_padded/BS) come from moekit_moe_align_buffer_sizes.
+ * Ids outside [0, E) are skipped (never counted or placed); with expert_map [expert_map_size] i32,
+ * an id in [0, expert_map_size) counts as expert expert_map[id] when that is in [0, E), and is
+ * skipped otherwise. E <= 1024. T == 0 still writes the counts, offsets and num_tokens_post_padded.
+ * Workspace: moekit_moe_align_workspace_size bytes (no initial content needed).
+ */
+MOEKIT_API moekit_status_t moekit_moe_align_buffer_sizes(int64_t num_tokens, int64_t topk, int64_t num_experts,
+                                                         int64_t block_size, int64_t* max_padded, int64_t* num_blocks);
+MOEKIT_API moekit_status_t moekit_moe_align_workspace_size(int64_t num_tokens, int64_t topk, int64_t num_experts,
+                                                           size_t* bytes);
+MOEKIT_API moekit_status_t moekit_moe_align(
+    const void* topk_ids, moekit_dtype_t ids_dtype, int64_t num_tokens, int64_t topk, int64_t num_experts,
+    int64_t block_size, const int32_t* expert_map, int64_t expert_map_size,
+    int32_t* sorted_token_ids, int32_t* expert_ids, int32_t* num_tokens_post_padded,
+    int32_t* expert_counts, int32_t* expert_offsets, void* workspace, size_t workspace_bytes,
+    moekit_stream_t stream);
+
 #ifdef __cplusplus
 } /* extern "C" */
 #endif

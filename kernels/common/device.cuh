@@ -150,6 +150,19 @@ __device__ __forceinline__ void load_bytes(const uint8_t* __restrict__ p, int64_
   }
 }
 
+// ---- search ---------------------------------------------------------------------------------
+// The largest i in [0, n) with a[i] <= v, for non-decreasing a with a[0] <= v (binary search).
+template <typename T, typename V>
+__device__ __forceinline__ int last_at_most(const T* a, int n, V v) {
+  int lo = 0, hi = n;
+  while (hi - lo > 1) {
+    const int mid = (lo + hi) >> 1;
+    if (a[mid] <= v) lo = mid;
+    else hi = mid;
+  }
+  return lo;
+}
+
 // ---- division by a denominator in the normal range ----------------------------------------
 // nvcc's IEEE n / d is: a reciprocal refined by one Newton step, the product n * r and one
 // correction, behind a range check (FCHK) with a slow path for extreme operands. Where d is known

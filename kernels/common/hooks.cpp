@@ -31,6 +31,7 @@ constexpr const char* kKnobs[] = {
     "quant.blocks",
     "epilogue.gate_blocks_per_sm",
     "epilogue.norm_min_vpt",
+    "align.force_multi",
 };
 constexpr int kNumKnobs = (int)(sizeof(kKnobs) / sizeof(kKnobs[0]));
 

@@ -138,17 +138,6 @@ __device__ void count_prefix(const Params& p, int64_t* prefix) {
   __syncthreads();
 }
 
-// The batch holding valid row v: the largest b with prefix[b] <= v (never an empty batch).
-__device__ __forceinline__ int find_batch(const int64_t* prefix, int B, int64_t v) {
-  int lo = 0, hi = B;
-  while (hi - lo > 1) {
-    const int mid = (lo + hi) >> 1;
-    if (prefix[mid] <= v) lo = mid;
-    else hi = mid;
-  }
-  return lo;
-}
-
 // Zero the scales of batch b's rows that hold no data: piece c of [count, R) of scale column c
 // (column formats), or piece c of the rows [count, M) (row_f32, split in S pieces).
 __device__ __forceinline__ void zero_scales(const Params& p, int b, int c, int64_t count, int lane) {
@@ -177,7 +166,7 @@ __global__ void __launch_bounds__(kThreads) quant_kernel(const Params p) {
     // 32-bit division where it fits: the common case, and several times cheaper.
     const int64_t v = w <= 0xffffffffLL ? (int64_t)((uint32_t)w / (uint32_t)p.units) : w / p.units;
     const int unit = (int)(w - v * p.units);
-    const int b = masked ? find_batch(prefix, p.B, v) : 0;
+    const int b = masked ? last_at_most(prefix, p.B, v) : 0;  // never an empty batch
     quantize_unit<T, SILU>(p, b, masked ? v - prefix[b] : v, unit, lane);
   }
   const int64_t zero_items = (masked || p.format != kRowF32) ? (int64_t)p.B * p.S : 0;

@@ -24,6 +24,9 @@ __all__ = [
     "shared_expert_gate_",
     "add_rmsnorm_",
     "rmsnorm",
+    "moe_align",
+    "moe_align_buffer_sizes",
+    "moe_align_workspace_size",
     "reference",
     "get_library_path",
     "get_include_dir",
@@ -74,6 +77,9 @@ _LAZY_OPS = {
     "shared_expert_gate_": "epilogue",
     "add_rmsnorm_": "epilogue",
     "rmsnorm": "epilogue",
+    "moe_align": "routing",
+    "moe_align_buffer_sizes": "routing",
+    "moe_align_workspace_size": "routing",
 }
 
 

@@ -171,6 +171,17 @@ PROTOTYPES = {
             _i64, _i64, _float, _stream,  # num_tokens, hidden_size, eps, stream
         ),
     ),
+    "moekit_moe_align_buffer_sizes": (_enum, (_i64, _i64, _i64, _i64, _ptr, _ptr)),
+    "moekit_moe_align_workspace_size": (_enum, (_i64, _i64, _i64, _ptr)),
+    "moekit_moe_align": (
+        _enum,
+        (
+            _ptr, _enum, _i64, _i64, _i64, _i64,  # topk_ids, ids_dtype, num_tokens, topk, num_experts, block_size
+            _ptr, _i64,  # expert_map, expert_map_size
+            _ptr, _ptr, _ptr, _ptr, _ptr,  # sorted_token_ids, expert_ids, num_tokens_post_padded, counts, offsets
+            _ptr, ctypes.c_size_t, _stream,  # workspace, workspace_bytes, stream
+        ),
+    ),
 }
 
 

@@ -1,0 +1,203 @@
+// moe_align (SPEC section 5), deterministic: a pair's slot is its expert's region start plus the
+// number of valid pairs of that expert before it, counted per lane (match_any), per warp and per
+// chunk in a fixed order; no atomic decides a position. Small inputs run in one block (one launch);
+// larger ones count per chunk, finalize in one block, then place.
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_runtime.h>
+
+#include "align/params.h"
+#include "common/device.cuh"
+#include "common/team.cuh"
+
+namespace moekit {
+namespace align {
+
+// The local expert of pair i, or -1 when its id is skipped (outside [0, E), or unmapped).
+__device__ __forceinline__ int local_expert(const Params& p, int64_t i) {
+  if (i >= p.pairs) return -1;
+  int64_t id = p.ids_i64 ? static_cast<const int64_t*>(p.ids)[i] : static_cast<const int32_t*>(p.ids)[i];
+  if (p.expert_map != nullptr) {
+    if (id < 0 || id >= p.map_size) return -1;
+    id = p.expert_map[id];
+  }
+  return id >= 0 && id < p.E ? (int)id : -1;
+}
+
+// This thread's kRounds pairs of chunk c: their experts and their ranks among the earlier pairs of
+// the same expert in the warp's share; hist[w * E + e] ends as warp w's count of e.
+__device__ __forceinline__ void chunk_ranks(const Params& p, int64_t c, int* hist, int (&e)[kRounds],
+                                            int (&rank)[kRounds]) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t first = c * kChunk + (int64_t)warp * kWarpPairs + lane;
+#pragma unroll
+  for (int r = 0; r < kRounds; ++r) e[r] = local_expert(p, first + r * 32);
+  int* h = hist + warp * p.E;
+  const unsigned below = (1u << lane) - 1u;
+#pragma unroll
+  for (int r = 0; r < kRounds; ++r) {
+    const unsigned peers = __match_any_sync(kFullMask, e[r]);
+    const int base = e[r] >= 0 ? h[e[r]] : 0;
+    __syncwarp();
+    if (e[r] >= 0 && (peers & below) == 0) h[e[r]] = base + __popc(peers);
+    __syncwarp();
+    rank[r] = base + __popc(peers & below);
+  }
+}
+
+__device__ __forceinline__ void zero(int* a, int n) {
+  for (int i = threadIdx.x; i < n; i += blockDim.x) a[i] = 0;
+}
+
+// Turns the per-warp counts into per-warp bases (exclusive, warp order); chunk_total[e] = the sum.
+__device__ __forceinline__ void warp_bases(int* hist, int E, int* chunk_total) {
+  for (int x = threadIdx.x; x < E; x += blockDim.x) {
+    int run = 0;
+    for (int w = 0; w < kWarps; ++w) {
+      const int v = hist[w * E + x];
+      hist[w * E + x] = run;
+      run += v;
+    }
+    if (chunk_total != nullptr) chunk_total[x] = run;
+  }
+}
+
+// Exclusive prefix over the block of one value per thread (thread order); `total` = the sum.
+__device__ __forceinline__ uint32_t block_exclusive_scan(uint32_t v, uint32_t* warp_sums, uint32_t& total) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
+  uint32_t wt;
+  const uint32_t excl = warp_exclusive_scan(v, wt);
+  if (lane == 0) warp_sums[warp] = wt;
+  __syncthreads();
+  uint32_t base = 0;
+  total = 0;
+  for (int w = 0; w < warps; ++w) {
+    if (w < warp) base += warp_sums[w];
+    total += warp_sums[w];
+  }
+  __syncthreads();
+  return base + excl;
+}
+
+// From the expert counts (count[e], any memory): the region starts (region_start[e]), the outputs
+// counts, offsets, num_tokens_post_padded and expert_ids, and the sentinel in every slot no pair
+// takes. One block; thread t owns experts [t * per, (t + 1) * per).
+__device__ void finalize(const Params& p, const int* count, int* region_start) {
+  __shared__ uint32_t warp_sums[32];
+  const int per = (p.E + blockDim.x - 1) / blockDim.x;
+  const int e0 = min((int)threadIdx.x * per, p.E), e1 = min(e0 + per, p.E);
+  uint32_t mine = 0, mine_pad = 0;
+  for (int e = e0; e < e1; ++e) {
+    mine += count[e];
+    mine_pad += (count[e] + p.BM - 1) / p.BM * p.BM;
+  }
+  uint32_t total, total_pad;
+  int off = (int)block_exclusive_scan(mine, warp_sums, total);
+  int start = (int)block_exclusive_scan(mine_pad, warp_sums, total_pad);
+  const int32_t sentinel = (int32_t)p.pairs;
+  for (int e = e0; e < e1; ++e) {
+    const int c = count[e], pad = (c + p.BM - 1) / p.BM * p.BM;
+    p.counts[e] = c;
+    p.offsets[e] = off;
+    region_start[e] = start;
+    for (int s = start + c; s < start + pad; ++s) p.sorted[s] = sentinel;
+    off += c;
+    start += pad;
+  }
+  if (threadIdx.x == 0) {
+    p.offsets[p.E] = (int32_t)total;
+    p.post_padded[0] = (int32_t)total_pad;
+  }
+  __syncthreads();  // region_start complete (shared or global memory of this block)
+  for (int64_t b = threadIdx.x; b < p.num_blocks; b += blockDim.x) {
+    const int64_t pos = b * p.BM;
+    // the largest e with region_start[e] <= pos: an empty expert shares its start with the next one
+    p.expert_ids[b] = pos < (int64_t)total_pad ? last_at_most(region_start, p.E, pos) : -1;
+  }
+  for (int64_t s = (int64_t)total_pad + threadIdx.x; s < p.max_pad; s += blockDim.x) p.sorted[s] = sentinel;
+}
+
+__device__ __forceinline__ void place(const Params& p, int64_t c, const int* hist, const int* base,
+                                      const int (&e)[kRounds], const int (&rank)[kRounds]) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t first = c * kChunk + (int64_t)warp * kWarpPairs + lane;
+#pragma unroll
+  for (int r = 0; r < kRounds; ++r)
+    if (e[r] >= 0) p.sorted[base[e[r]] + hist[warp * p.E + e[r]] + rank[r]] = (int32_t)(first + r * 32);
+}
+
+// One block, one chunk: everything in one launch.
+__global__ void __launch_bounds__(kThreads) align_single_kernel(const Params p) {
+  extern __shared__ int smem[];
+  int* hist = smem;                     // [kWarps][E]
+  int* count = smem + kWarps * p.E;     // [E]
+  int* start = count + p.E;             // [E]
+  pdl_wait_then_release_next();
+  zero(hist, kWarps * p.E);
+  __syncthreads();
+  int e[kRounds], rank[kRounds];
+  chunk_ranks(p, 0, hist, e, rank);
+  __syncthreads();
+  warp_bases(hist, p.E, count);
+  __syncthreads();
+  finalize(p, count, start);
+  __syncthreads();
+  place(p, 0, hist, start, e, rank);
+}
+
+// Multi-chunk, step 1: each chunk's count per expert.
+__global__ void __launch_bounds__(kThreads) align_count_kernel(const Params p) {
+  extern __shared__ int smem[];
+  pdl_wait_then_release_next();
+  zero(smem, p.E);
+  __syncthreads();
+  const int64_t first = blockIdx.x * (int64_t)kChunk + threadIdx.x;
+#pragma unroll
+  for (int r = 0; r < kChunk / kThreads; ++r) {
+    const int e = local_expert(p, first + r * kThreads);
+    if (e >= 0) atomicAdd(&smem[e], 1);  // integer counts: the same result in any order
+  }
+  __syncthreads();
+  for (int x = threadIdx.x; x < p.E; x += blockDim.x) p.block_hist[(int64_t)blockIdx.x * p.E + x] = smem[x];
+}
+
+// Step 2 (one block): each chunk's base per expert (chunk order), the totals, then finalize.
+__global__ void __launch_bounds__(kFinalizeThreads) align_finalize_kernel(const Params p) {
+  extern __shared__ int count[];  // [E]
+  pdl_wait_then_release_next();
+  for (int x = threadIdx.x; x < p.E; x += blockDim.x) {
+    int run = 0;
+    for (int c = 0; c < p.chunks; ++c) {
+      int* h = p.block_hist + (int64_t)c * p.E + x;
+      const int v = *h;
+      *h = run;
+      run += v;
+    }
+    count[x] = run;
+  }
+  __syncthreads();
+  finalize(p, count, p.region_start);
+}
+
+// Step 3: each chunk ranks its pairs again and places them.
+__global__ void __launch_bounds__(kThreads) align_place_kernel(const Params p) {
+  extern __shared__ int smem[];  // [kWarps][E], then [E] bases
+  int* hist = smem;
+  int* base = smem + kWarps * p.E;
+  pdl_wait_then_release_next();
+  zero(hist, kWarps * p.E);
+  __syncthreads();
+  int e[kRounds], rank[kRounds];
+  chunk_ranks(p, blockIdx.x, hist, e, rank);
+  __syncthreads();
+  warp_bases(hist, p.E, nullptr);
+  for (int x = threadIdx.x; x < p.E; x += blockDim.x)
+    base[x] = p.region_start[x] + p.block_hist[(int64_t)blockIdx.x * p.E + x];
+  __syncthreads();
+  place(p, blockIdx.x, hist, base, e, rank);
+}
+
+}  // namespace align
+}  // namespace moekit

@@ -1,0 +1,76 @@
+"""moe_align's argument validation through ctypes, with fake device pointers (no GPU: CI)."""
+
+import ctypes
+
+import pytest
+
+from moekit import _lib
+from moekit._lib import DType, Status
+
+from test_abi import abi_caller, assert_invalid, assert_invalid_op
+
+IDS, MAP, SORTED, EIDS, NPP, COUNTS, OFFS, WS = (0x1000000 * (i + 1) for i in range(8))
+
+ALIGN = dict(
+    topk_ids=IDS, ids_dtype=DType.I32, num_tokens=16, topk=8, num_experts=256, block_size=64, expert_map=None,
+    expert_map_size=0, sorted_token_ids=SORTED, expert_ids=EIDS, num_tokens_post_padded=NPP, expert_counts=COUNTS,
+    expert_offsets=OFFS, workspace=WS, workspace_bytes=1 << 20, stream=None,
+)  # fmt: skip
+CALLS = {"moe_align": (ALIGN, "moekit_moe_align")}
+call = abi_caller(CALLS)
+
+INVALID = {
+    "null ids": dict(topk_ids=None),
+    "f32 ids": dict(ids_dtype=DType.F32),
+    "T < 0": dict(num_tokens=-1),
+    "K 0": dict(topk=0),
+    "K 65": dict(topk=65),
+    "E 0": dict(num_experts=0),
+    "E 1025": dict(num_experts=1025),
+    "block 48": dict(block_size=48),
+    "block 512": dict(block_size=512),
+    "T*K overflows int32": dict(num_tokens=2**28, topk=16),
+    "map size 0": dict(expert_map=MAP, expert_map_size=0),
+    "misaligned map": dict(expert_map=MAP + 2, expert_map_size=256),
+    "null sorted": dict(sorted_token_ids=None),
+    "null expert_ids": dict(expert_ids=None),
+    "null post padded": dict(num_tokens_post_padded=None),
+    "null counts": dict(expert_counts=None),
+    "null offsets": dict(expert_offsets=None),
+    "small workspace": dict(workspace_bytes=4),
+    "null workspace": dict(workspace=None),
+}
+NAMES = {"null ids": "topk_ids", "f32 ids": "ids_dtype", "T < 0": "num_tokens", "K 0": "topk", "K 65": "topk",
+         "E 0": "num_experts", "E 1025": "num_experts", "block 48": "block_size", "block 512": "block_size",
+         "T*K overflows int32": "num_tokens", "map size 0": "expert_map_size", "misaligned map": "expert_map",
+         "null sorted": "sorted_token_ids", "null expert_ids": "expert_ids",
+         "null post padded": "num_tokens_post_padded", "null counts": "expert_counts",
+         "null offsets": "expert_offsets", "small workspace": "workspace_bytes", "null workspace": "workspace"}
+
+
+@pytest.mark.parametrize("case", INVALID)
+def test_invalid_argument(case):
+    assert_invalid_op(call("moe_align", **INVALID[case]), "moe_align", NAMES[case])
+
+
+def test_sizes():
+    pad, blocks = ctypes.c_int64(0), ctypes.c_int64(0)
+    assert _lib.lib.moekit_moe_align_buffer_sizes(16, 8, 256, 64, ctypes.addressof(pad),
+                                                  ctypes.addressof(blocks)) == Status.SUCCESS
+    assert (pad.value, blocks.value) == (128 + 128 * 63, (128 + 128 * 63 + 63) // 64)
+    size = ctypes.c_size_t(0)
+    assert _lib.lib.moekit_moe_align_workspace_size(65536, 8, 256, ctypes.addressof(size)) == Status.SUCCESS
+    assert size.value >= 256 * 256 * 4 + 256 * 4
+    assert_invalid(_lib.lib.moekit_moe_align_workspace_size(4, 8, 256, None), "bytes")
+    from moekit import reference as ref
+
+    assert ref.moe_align_buffer_sizes(16 * 8, 256, 64) == (pad.value, blocks.value)
+
+
+def test_zero_tokens_launch():
+    from moekit import _hooks
+
+    with _hooks.plan_only():  # T == 0 still runs the one-block kernel (it writes the zero counts)
+        assert call("moe_align", num_tokens=0, topk_ids=None, sorted_token_ids=None,
+                    expert_ids=None) == Status.SUCCESS, _lib.last_error()
+        assert _hooks.last_plan()["path"] == "single"

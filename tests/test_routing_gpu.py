@@ -1,0 +1,119 @@
+"""GPU tests of moe_align (SPEC section 5) against the NumPy oracle moekit.reference: exact equality
+of every output (order included), poisoned outputs fully written, both paths (one launch, and
+count / finalize / place), expert maps, skipped ids, two runs bitwise equal, graph replay.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from moekit._hooks import tuning
+
+from _util import POISON_PATTERNS, poisoned, same_bits, to_device, to_host
+
+pytestmark = pytest.mark.gpu
+
+NAMES = ("sorted_token_ids", "expert_ids", "num_tokens_post_padded", "expert_counts", "expert_offsets")
+
+
+def _ids(T, K, E, rng, invalid=0.0, dtype="int32"):
+    ids = np.stack([rng.permutation(E)[:K] if K <= E else rng.integers(0, E, K) for _ in range(T)]) \
+        if T else np.zeros((0, K), np.int64)
+    if invalid:
+        mask = rng.random(ids.shape) < invalid
+        ids = np.where(mask, rng.choice([-1, E, E + 7, -(2**31)], ids.shape), ids)
+    return ids.astype(dtype)
+
+
+def _check(ids_host, E, BM, rng, expert_map=None, multi=None):
+    import moekit
+    from moekit import reference as ref
+
+    ids = to_device(ids_host)
+    emap = None if expert_map is None else to_device(np.asarray(expert_map, np.int32))
+    T, K = ids_host.shape
+    max_pad, blocks = moekit.moe_align_buffer_sizes(T, K, E, BM)
+    shapes = ((max_pad,), (blocks,), (1,), (E,), (E + 1,))
+    knobs = None if multi is None else {"align.force_multi": int(multi)}
+    with tuning(knobs):
+        runs = [moekit.moe_align(ids, E, BM, expert_map=emap)]
+        for pattern in POISON_PATTERNS:
+            out = tuple(poisoned(s, "int32", pattern) for s in shapes)
+            runs.append(moekit.moe_align(ids, E, BM, expert_map=emap, out=out))
+    for other in runs[1:]:
+        for name, a, b in zip(NAMES, runs[0], other):
+            assert same_bits(a, b), f"{name}: unwritten elements or non-determinism"
+    want = ref.moe_align(ids_host, E, BM, expert_map=None if expert_map is None else np.asarray(expert_map, np.int32))
+    for name, got, exp in zip(NAMES, runs[0], want):
+        got = to_host(got)
+        assert got.shape == exp.shape, (name, got.shape, exp.shape)
+        bad = np.nonzero(got != exp)[0]
+        assert bad.size == 0, f"{name}: {bad.size} differ, first at {bad[0]}: {got[bad[0]]} vs {exp[bad[0]]}"
+
+
+@pytest.mark.parametrize("BM", [16, 32, 64, 128, 256])
+@pytest.mark.parametrize("E", [8, 64, 256, 257, 384, 1024])
+@pytest.mark.parametrize("T", [0, 1, 16, 255, 4096])
+def test_moe_align(T, E, BM, rng):
+    _check(_ids(T, 8, E, rng), E, BM, rng)
+
+
+@pytest.mark.parametrize("multi", [False, True])
+@pytest.mark.parametrize("T,K,E", [(1, 1, 1), (3, 64, 8), (256, 8, 256), (255, 8, 7)])
+def test_both_paths(T, K, E, multi, rng):
+    _check(_ids(T, K, E, rng), E, 64, rng, multi=multi)
+
+
+@pytest.mark.parametrize("dtype", ["int32", "int64"])
+@pytest.mark.parametrize("T", [7, 3000, 70000])
+def test_skipped_ids(T, dtype, rng):
+    _check(_ids(T, 8, 256, rng, invalid=0.1, dtype=dtype), 256, 64, rng)
+
+
+@pytest.mark.parametrize("kind", ["all", "half", "none", "random"])
+def test_expert_map(kind, rng):
+    E_global, E_local = 256, 64
+    if kind == "all":
+        emap = np.arange(E_global) % E_local
+    elif kind == "half":
+        emap = np.where(np.arange(E_global) < E_local, np.arange(E_global), -1)
+    elif kind == "none":
+        emap = np.full(E_global, -1)
+    else:
+        emap = np.where(rng.random(E_global) < 0.3, rng.integers(0, E_local, E_global), -1)
+    for T in (5, 9000):
+        _check(_ids(T, 8, E_global, rng, invalid=0.05), E_local, 32, rng, expert_map=emap)
+
+
+def test_large_and_skewed(rng):
+    T, K, E = 65536, 8, 256
+    _check(_ids(T, K, E, rng), E, 64, rng)
+    skew = np.zeros((T, K), np.int32)  # every pair to expert 0
+    _check(skew, E, 128, rng)
+
+
+def test_graph_replay(rng):
+    import torch
+
+    import moekit
+
+    T, K, E, BM = 512, 8, 256, 64
+    ids = to_device(_ids(T, K, E, rng))
+    want = moekit.moe_align(ids, E, BM)
+    max_pad, blocks = moekit.moe_align_buffer_sizes(T, K, E, BM)
+    out = tuple(torch.empty(s, dtype=torch.int32, device="cuda") for s in ((max_pad,), (blocks,), (1,), (E,), (E + 1,)))
+    ws = torch.empty(moekit.moe_align_workspace_size(T, K, E), dtype=torch.uint8, device="cuda")
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        moekit.moe_align(ids, E, BM, out=out, workspace=ws)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=stream):
+            moekit.moe_align(ids, E, BM, out=out, workspace=ws)
+    for _ in range(3):
+        new = to_device(_ids(T, K, E, rng))
+        ids.copy_(new)
+        graph.replay()
+        want = moekit.moe_align(new, E, BM)
+        torch.cuda.synchronize()
+        assert all(same_bits(a, b) for a, b in zip(out, want))
