@@ -222,6 +222,28 @@ ALIGN_CASES = [  # (T, K, E, block, map?, multi?): one launch, three launches, s
 ]
 
 
+TOPK_CASES = [  # (T, E, G, Kg, K, S, score, dtype, bias): groups (shared memory), no groups, E = 1024
+    (37, 256, 8, 4, 8, 1, "sigmoid", torch.bfloat16, True),
+    (5, 1024, 1, 1, 16, 0, "softmax", torch.float32, False),
+    (9, 96, 4, 2, 6, 2, "sigmoid", torch.float16, True),
+]
+
+
+def topk_cases(label):
+    failures = 0
+    for T, E, G, Kg, K, S, score, dt, with_bias in TOPK_CASES:
+        x = torch.randn(T, E, device="cuda").to(dt)
+        b = torch.randn(E, device="cuda") if with_bias else None
+        kw = dict(num_groups=G, topk_group=Kg, score_function=score, routed_scaling_factor=2.5, num_shared=S)
+        w, ids = moekit.grouped_topk(x, b, K, **kw)
+        torch.cuda.synchronize()
+        rw, rids = reference.grouped_topk(x.float().cpu().numpy(), None if b is None else b.cpu().numpy(), K, **kw)
+        ok = np.array_equal(ids.cpu().numpy(), rids) and np.allclose(w.cpu().numpy(), rw, rtol=1e-5, atol=0)
+        print(f"[{label}] grouped_topk T={T} E={E} G={G}/{Kg} K={K} S={S} {score} {dt}: {'ok' if ok else 'MISMATCH'}")
+        failures += not ok
+    return failures
+
+
 def align_cases(label):
     failures = 0
     for T, K, E, BM, with_map, multi in ALIGN_CASES:
@@ -252,6 +274,7 @@ def main():
             failures += quant_cases(preset or "defaults")
             failures += epilogue_cases(preset or "defaults")
             failures += align_cases(preset or "defaults")
+            failures += topk_cases(preset or "defaults")
     print(f"sanitize_cases: {failures} mismatches")
     sys.exit(1 if failures else 0)
 

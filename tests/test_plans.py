@@ -227,15 +227,16 @@ EPILOGUE_KNOB_EFFECTS = {
 
 
 ALIGN_KNOB_EFFECTS = {"align.force_multi": (1, dict(T=16, K=8, E=256), "path")}
+TOPK_KNOB_EFFECTS = {"grouped_topk.blocks_per_sm": (2, dict(T=65536), "blocks")}
 
 
 def test_every_knob_changes_a_plan():
     knobs = set(KNOB_EFFECTS) | set(AUX_LOSS_KNOB_EFFECTS) | set(QUANT_KNOB_EFFECTS) | set(EPILOGUE_KNOB_EFFECTS) \
-        | set(ALIGN_KNOB_EFFECTS)
+        | set(ALIGN_KNOB_EFFECTS) | set(TOPK_KNOB_EFFECTS)
     assert knobs == set(_hooks.tuning_names())
     for effects, planner in ((KNOB_EFFECTS, forward_plan), (AUX_LOSS_KNOB_EFFECTS, aux_loss_plan),
                              (QUANT_KNOB_EFFECTS, quant_plan), (EPILOGUE_KNOB_EFFECTS, epilogue_plan),
-                             (ALIGN_KNOB_EFFECTS, align_plan)):
+                             (ALIGN_KNOB_EFFECTS, align_plan), (TOPK_KNOB_EFFECTS, topk_plan)):
         for knob, (value, call, field) in effects.items():
             default = planner(**call)
             with _hooks.tuning({knob: value}):
@@ -370,3 +371,16 @@ def test_align_plans():
                                            smem_bytes=str(10 * 256 * 4), pdl="1")
     multi = align_plan(65536, 8, 256)
     assert multi["path"] == "multi" and multi["chunks"] == str(65536 * 8 // 2048)
+
+
+def topk_plan(T, E=256, G=8):
+    with _hooks.plan_only():
+        status = _lib.lib.moekit_grouped_topk(0x1000000, DType.BF16, T, E, None, DType.F32, 8, G, min(G, 4), 1, 1, 2.5,
+                                              1, 0, 0x2000000, 0x3000000, DType.I32, None)
+        assert status == Status.SUCCESS, _lib.last_error()
+        return _hooks.last_plan()
+
+
+def test_grouped_topk_plan_grid():
+    assert topk_plan(1)["blocks"] == "1"  # decode: one block, a warp per row
+    assert topk_plan(65536)["blocks"] == str(132 * 8)

@@ -74,3 +74,48 @@ def test_zero_tokens_launch():
         assert call("moe_align", num_tokens=0, topk_ids=None, sorted_token_ids=None,
                     expert_ids=None) == Status.SUCCESS, _lib.last_error()
         assert _hooks.last_plan()["path"] == "single"
+
+
+TOPK = dict(
+    logits=IDS, logits_dtype=DType.BF16, num_tokens=4, num_experts=256, bias=MAP, bias_dtype=DType.F32, topk=8,
+    num_groups=8, topk_group=4, score_function=1, renormalize=1, routed_scaling_factor=2.5, apply_scale=1,
+    num_shared=1, weights=SORTED, ids=EIDS, ids_dtype=DType.I32, stream=None,
+)  # fmt: skip
+topk_call = abi_caller({"grouped_topk": (TOPK, "moekit_grouped_topk")})
+TOPK_INVALID = {
+    "G 3": (dict(num_groups=3), "num_groups"),
+    "E % G": (dict(num_experts=100, num_groups=8), "num_experts"),
+    "E above max": (dict(num_experts=1025, num_groups=1, topk_group=1), "num_experts"),
+    "E above max with groups": (dict(num_experts=1024), "num_experts"),
+    "Kg 0": (dict(topk_group=0), "topk_group"),
+    "Kg > G": (dict(topk_group=9), "topk_group"),
+    "K 0": (dict(topk=0), "topk"),
+    "K beyond kept groups": (dict(topk=129), "topk"),
+    "K + S > 32": (dict(num_shared=25), "num_shared"),
+    "S < 0": (dict(num_shared=-1), "num_shared"),
+    "score sqrtsoftplus": (dict(score_function=2), "score_function"),
+    "rsf 0": (dict(routed_scaling_factor=0.0), "routed_scaling_factor"),
+    "i8 ids": (dict(ids_dtype=DType.U8), "ids_dtype"),
+    "null logits": (dict(logits=None), "logits"),
+    "null weights": (dict(weights=None), "weights"),
+    "i32 bias": (dict(bias_dtype=DType.I32), "bias_dtype"),
+    "T < 0": (dict(num_tokens=-1), "num_tokens"),
+}
+
+
+@pytest.mark.parametrize("case", TOPK_INVALID)
+def test_grouped_topk_invalid(case):
+    changes, name = TOPK_INVALID[case]
+    assert_invalid_op(topk_call("grouped_topk", **changes), "grouped_topk", name)
+
+
+def test_grouped_topk_plans():
+    from moekit import _hooks
+
+    with _hooks.plan_only():
+        assert topk_call("grouped_topk", num_tokens=65536) == Status.SUCCESS, _lib.last_error()
+        plan = _hooks.last_plan()
+        assert plan["vpl"] == "8" and plan["smem_bytes"] == str(8 * 256 * 4)
+        assert topk_call("grouped_topk", num_tokens=1, num_experts=896, num_groups=1, topk_group=1, topk=16,
+                         bias=None) == Status.SUCCESS, _lib.last_error()
+        assert _hooks.last_plan()["vpl"] == "32" and _hooks.last_plan()["smem_bytes"] == "0"

@@ -117,3 +117,79 @@ def test_graph_replay(rng):
         want = moekit.moe_align(new, E, BM)
         torch.cuda.synchronize()
         assert all(same_bits(a, b) for a, b in zip(out, want))
+
+
+# ---- grouped top-k ----------------------------------------------------------------------------------
+
+SHAPES = {  # (E, G, Kg, K, rsf, S)
+    "deepseek-v3": (256, 8, 4, 8, 2.5, 0),
+    "deepseek-v3-shared": (256, 8, 4, 8, 2.5, 1),
+    "kimi-k2": (384, 1, 1, 8, 2.827, 0),
+    "e512k22": (512, 1, 1, 22, 1.0, 0),
+    "e128g4k6": (128, 4, 2, 6, 1.0, 0),
+    "e512g16k16": (512, 16, 8, 16, 2.5, 2),
+    "e896k16": (896, 1, 1, 16, 1.0, 0),
+}
+
+
+def _check_topk(T, shape, rng, dtype="float32", score="sigmoid", renormalize=True, apply_scale=True, logits=None,
+                bias=None):
+    import moekit
+    from moekit import reference as ref
+
+    E, G, Kg, K, rsf, S = SHAPES[shape]
+    x = rng.standard_normal((T, E)).astype(np.float32) if logits is None else logits
+    b = (rng.standard_normal(E) * 0.5).astype(np.float32) if bias is None else bias
+    kw = dict(num_groups=G, topk_group=Kg, score_function=score, renormalize=renormalize,
+              routed_scaling_factor=rsf, apply_scale=apply_scale, num_shared=S)
+    runs = [moekit.grouped_topk(to_device(x), to_device(b), K, **kw)]
+    for pattern in POISON_PATTERNS:
+        out = (poisoned((T, K + S), "float32", pattern), poisoned((T, K + S), "int32", pattern))
+        runs.append(moekit.grouped_topk(to_device(x), to_device(b), K, out=out, **kw))
+    for w, i in runs[1:]:
+        assert same_bits(w, runs[0][0]) and same_bits(i, runs[0][1]), "unwritten slots or non-determinism"
+    if T == 0:
+        return
+    want_w, want_i = ref.grouped_topk(x, b, K, **kw)
+    got_w, got_i = to_host(runs[0][0]), to_host(runs[0][1])
+    bad = np.nonzero((got_i != want_i).any(axis=1))[0]
+    assert bad.size == 0, f"{bad.size} rows with other ids, first row {bad[0]}: {got_i[bad[0]]} vs {want_i[bad[0]]}"
+    finite = np.isfinite(want_w)
+    assert np.array_equal(finite, np.isfinite(got_w))
+    err = np.abs(got_w[finite] - want_w[finite]) / np.maximum(np.abs(want_w[finite]), 1e-30)
+    assert err.max(initial=0.0) <= 1e-6, f"weights off by {err.max():.2e} (relative)"
+
+
+@pytest.mark.parametrize("T", [0, 1, 2, 3, 8, 16, 64, 256, 1024, 8192, 65536, 70000])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_grouped_topk_shapes(shape, T, rng):
+    _check_topk(T, shape, rng)
+
+
+@pytest.mark.parametrize("apply_scale", [False, True])
+@pytest.mark.parametrize("renormalize", [False, True])
+@pytest.mark.parametrize("score", ["sigmoid", "softmax"])
+def test_grouped_topk_options(score, renormalize, apply_scale, rng):
+    for shape in ("deepseek-v3-shared", "e512g16k16"):
+        _check_topk(300, shape, rng, score=score, renormalize=renormalize, apply_scale=apply_scale)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_grouped_topk_dtypes(dtype, rng):
+    from _util import rounded
+
+    x = rounded(rng.standard_normal((77, 256)), dtype).astype(np.float32)  # the kernel sees these values
+    _check_topk(77, "deepseek-v3", rng, logits=x)
+
+
+def test_grouped_topk_ties_and_nan(rng):
+    """Exact ties (a repeated maximum counts twice in a group score), NaN and +-inf logits, negative bias."""
+    E = 256
+    x = np.round(rng.standard_normal((64, E)) * 2) / 2  # many equal logits
+    x[0] = 0.0
+    x[1, :40] = np.nan
+    x[2, 7] = np.inf
+    x[3, ::3] = -np.inf
+    x[4] = np.nan
+    b = -np.abs(np.round(rng.standard_normal(E) * 4) / 4)
+    _check_topk(64, "deepseek-v3-shared", rng, logits=x.astype(np.float32), bias=b.astype(np.float32))

@@ -257,6 +257,22 @@ MOEKIT_API moekit_status_t moekit_moe_align(
     int32_t* expert_counts, int32_t* expert_offsets, void* workspace, size_t workspace_bytes,
     moekit_stream_t stream);
 
+/* ---- grouped top-k for inference (DeepSeek-V3 "noaux_tc"): SPEC.md section 4. ----------------
+ *
+ * logits [T, E] (f32, f16, bf16), bias [E] (f32, f16, bf16) or NULL; score = sigmoid (or softmax)
+ * in fp32, key = score + bias; group score = the sum of the two largest keys of each of the
+ * num_groups groups (1, 2, 4, ..., 32); the topk_group best groups are kept (the others' keys become
+ * -inf); the topk best keys in descending order (ties: lower id; NaN lowest). weights [T, K + S] f32
+ * = the unbiased scores (renormalize: / (sum + 1e-20); apply_scale: * routed_scaling_factor), ids
+ * [T, K + S] (i32 or i64); shared slot i: id E + i, weight (sum / rsf) renormalized and scaled the
+ * same way. E <= 1024 (512 when num_groups > 1), topk + num_shared <= 32. One launch.
+ */
+MOEKIT_API moekit_status_t moekit_grouped_topk(
+    const void* logits, moekit_dtype_t logits_dtype, int64_t num_tokens, int64_t num_experts,
+    const void* bias, moekit_dtype_t bias_dtype, int64_t topk, int64_t num_groups, int64_t topk_group,
+    moekit_score_function_t score_function, int renormalize, float routed_scaling_factor, int apply_scale,
+    int64_t num_shared, float* weights, void* ids, moekit_dtype_t ids_dtype, moekit_stream_t stream);
+
 #ifdef __cplusplus
 } /* extern "C" */
 #endif

@@ -32,6 +32,7 @@ constexpr const char* kKnobs[] = {
     "epilogue.gate_blocks_per_sm",
     "epilogue.norm_min_vpt",
     "align.force_multi",
+    "grouped_topk.blocks_per_sm",
 };
 constexpr int kNumKnobs = (int)(sizeof(kKnobs) / sizeof(kKnobs[0]));
 

@@ -182,6 +182,15 @@ PROTOTYPES = {
             _ptr, ctypes.c_size_t, _stream,  # workspace, workspace_bytes, stream
         ),
     ),
+    "moekit_grouped_topk": (
+        _enum,
+        (
+            _ptr, _enum, _i64, _i64,  # logits, logits_dtype, num_tokens, num_experts
+            _ptr, _enum, _i64, _i64, _i64,  # bias, bias_dtype, topk, num_groups, topk_group
+            _enum, _int, _float, _int, _i64,  # score_function, renormalize, rsf, apply_scale, num_shared
+            _ptr, _ptr, _enum, _stream,  # weights, ids, ids_dtype, stream
+        ),
+    ),
 }
 
 

@@ -1,15 +1,64 @@
-"""Inference routing (SPEC.md sections 4, 5): moe_align, the deterministic moe_align_block_size.
-
-(grouped_topk, section 4, is not built yet.)
+"""Inference routing (SPEC.md sections 4, 5): grouped_topk (DeepSeek-V3's "noaux_tc" routing in one
+launch) and moe_align, the deterministic moe_align_block_size.
 """
 
 import ctypes
 
 from . import _lib
-from ._array import MOEKIT_DTYPES, as_device_array, empty, input_like, int64_arg, launch, output, require, stream_handle
-from ._lib import lib
+from ._array import (
+    FLOAT_DTYPES,
+    MOEKIT_DTYPES,
+    as_device_array,
+    choice,
+    empty,
+    float_arg,
+    input_like,
+    int64_arg,
+    launch,
+    output,
+    require,
+    stream_handle,
+)
+from ._lib import ScoreFunction, lib
 
-__all__ = ["moe_align", "moe_align_buffer_sizes", "moe_align_workspace_size"]
+__all__ = ["grouped_topk", "moe_align", "moe_align_buffer_sizes", "moe_align_workspace_size"]
+
+_SCORES = {"sigmoid": ScoreFunction.SIGMOID, "softmax": ScoreFunction.SOFTMAX}
+
+
+def grouped_topk(logits, bias, topk, *, num_groups=1, topk_group=1, score_function="sigmoid", renormalize=True,
+                 routed_scaling_factor=1.0, apply_scale=True, num_shared=0, ids_dtype="int32", out=None,
+                 stream=None):
+    """DeepSeek-V3 grouped top-k of logits [T, E] -> (weights float32 [T, K + S], ids [T, K + S]).
+
+    bias [E] or None. Groups score by the sum of their two largest biased scores; the topk_group
+    best groups are kept; ids in descending key order (ties: lower id). weights are the unbiased
+    scores, renormalized (renormalize) and scaled (apply_scale) independently; num_shared slots
+    hold ids E + i with the weight SPEC section 4 gives. out: an optional (weights, ids) tuple."""
+    score_code = choice(score_function, "score_function", _SCORES)
+    ids_dtype = choice(ids_dtype, "ids_dtype", {"int32": "int32", "int64": "int64"})
+    x = as_device_array(logits, "logits")
+    require(x, "logits", (None, None), FLOAT_DTYPES)
+    num_tokens, num_experts = x.shape
+    stream = stream_handle(stream, x)
+    b = None if bias is None else input_like(bias, "bias", x, "logits", (num_experts,), FLOAT_DTYPES)
+    slots = int64_arg(topk, "topk") + int64_arg(num_shared, "num_shared")
+    if out is None:
+        out = (None, None)
+    elif not isinstance(out, (tuple, list)) or len(out) != 2:
+        raise ValueError("out must be a tuple (weights, ids)")
+    weights, w_array = output(out[0], "out[0] (weights)", x, "logits", (num_tokens, max(slots, 0)), "float32")
+    ids, i_array = output(out[1], "out[1] (ids)", x, "logits", (num_tokens, max(slots, 0)), ids_dtype)
+    status = launch(
+        x.framework, x.device_id, stream, lib.moekit_grouped_topk,
+        x.ptr, MOEKIT_DTYPES[x.dtype], num_tokens, num_experts,
+        None if b is None else b.ptr, MOEKIT_DTYPES[b.dtype] if b is not None else 0,
+        topk, int64_arg(num_groups, "num_groups"), int64_arg(topk_group, "topk_group"), score_code,
+        int(bool(renormalize)), float_arg(routed_scaling_factor, "routed_scaling_factor"), int(bool(apply_scale)),
+        num_shared, w_array.ptr, i_array.ptr, MOEKIT_DTYPES[i_array.dtype], stream,
+    )  # fmt: skip
+    _lib.check(status)
+    return weights, ids
 
 
 def moe_align_buffer_sizes(num_tokens, topk, num_experts, block_size):

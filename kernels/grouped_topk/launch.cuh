@@ -1,0 +1,21 @@
+// The grouped top-k's one launch switch: a plan (plan.h) to the kernel instantiation that runs it.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "common/launch.h"
+#include "grouped_topk/kernels.cuh"
+#include "grouped_topk/plan.h"
+
+namespace moekit {
+namespace grouped_topk {
+
+template <typename T>
+cudaError_t launch_grouped_topk(const Plan& plan, const Params& a, cudaStream_t stream) {
+  return with_int<1, 2, 4, 8, 16, 32>(plan.vpl, [&](auto vpl) {
+    return launch_kernel(&grouped_topk_kernel<T, decltype(vpl)::value>, plan.shape, stream, a);
+  });
+}
+
+}  // namespace grouped_topk
+}  // namespace moekit
