@@ -81,3 +81,11 @@ def test_reference_definitions():
         ref.shared_expert_gate_(x, r, g[:, :0])
     with pytest.raises(ValueError, match="weight"):
         ref.rmsnorm(x, w[:3])
+
+
+def test_gate_below_hidden_is_not_an_overlap():
+    # a [T, 1] gate just below hidden is disjoint from it (T * 2 bytes long, not T * H * 2)
+    from moekit import _hooks
+
+    with _hooks.plan_only():
+        assert call("shared_expert_gate", gate=H_ - 64) == Status.SUCCESS, _lib.last_error()

@@ -159,6 +159,7 @@ def test_special_values(silu, fmt, rng):
     x[3, :128] = 0.0
     x[3, 5] = 448.0 * (1 + 2.0**-22) if not silu else 30.0
     x[4, 7] = np.nan
+    x[4, 70] = -np.float32(np.nan)  # a negative NaN too: q byte 0x7f whatever the sign
     x[5, 9] = np.inf
     x[6, 11] = -np.inf
     x[7, : width // 2] = -100.0  # silu saturates to -0
@@ -182,7 +183,7 @@ def test_same_bits_over_grids(rng):
 
 # ---- masked -------------------------------------------------------------------------------------
 
-def _check_masked(E, M, H, counts_host, fmt, rng, dtype="bfloat16", counts_dtype="int32", g=128):
+def _check_masked(E, M, H, counts_host, fmt, rng, dtype="bfloat16", counts_dtype="int32", g=128, **options):
     import torch
 
     import moekit
@@ -192,28 +193,32 @@ def _check_masked(E, M, H, counts_host, fmt, rng, dtype="bfloat16", counts_dtype
     x = to_device(x_host)
     counts = to_device(np.asarray(counts_host, dtype=counts_dtype))
     storage_shape, storage_dtype, _ = moekit.quant.scale_storage_shape(M, H, g, fmt, num_experts=E)
-    q, storage = _run_three(
-        lambda out: moekit.silu_mul_quant_fp8(x, group_size=g, scale_format=fmt, counts=counts, out=out),
-        (E, M, H), storage_shape, storage_dtype)
-    q_host, s_host = to_host(q), to_host(storage)
     valid = np.clip(np.asarray(counts_host, dtype=np.int64), 0, M)
-    # rows past the counts: q untouched (the poisoned run kept its poison), scales 0
-    q_poison = poisoned((E, M, H), "uint8", "bytes")
-    s_poison = poisoned(storage_shape, storage_dtype, "bytes")
-    moekit.silu_mul_quant_fp8(x, group_size=g, scale_format=fmt, counts=counts, out=(q_poison, s_poison))
-    q_poison = to_host(q_poison)
+    # three runs (fresh, both poisons): the scales whole, q on the valid rows (the rest is left as it was)
+    runs = []
+    for pattern in (None, *POISON_PATTERNS):
+        out = None if pattern is None else (poisoned((E, M, H), "uint8", pattern),
+                                            poisoned(storage_shape, storage_dtype, pattern))
+        q, scales = moekit.silu_mul_quant_fp8(x, group_size=g, scale_format=fmt, counts=counts, out=out, **options)
+        runs.append((to_host(q.view(torch.uint8)), to_host(_storage(scales, storage_shape)), pattern))
+    q_host, s_host = runs[0][0], runs[0][1]
+    for q_other, s_other, pattern in runs[1:]:
+        assert np.array_equal(_bits(s_other), _bits(s_host)), "scales: unwritten elements or non-determinism"
+        for e in range(E):
+            n = int(valid[e])
+            assert np.array_equal(q_other[e, :n], q_host[e, :n]), f"expert {e}: q differs between runs"
+            poison = 0xAB if pattern == "nan" else 0xCD  # _util.poisoned's uint8 fillings
+            assert (q_other[e, n:] == poison).all(), f"expert {e}: q rows past count {n} were written"
     logical = s_host if fmt == "row_f32" else np.swapaxes(s_host, -1, -2)
     for e in range(E):
         n = int(valid[e])
-        assert (q_poison[e, n:] == 0xAB).all(), f"expert {e}: q rows past count {n} were written"
         assert not logical[e, n:].any(), f"expert {e}: scales of rows past count {n} are not zero"
         if n == 0:
             continue
         rows = _sample_rows(n, 2 * H, rng)
-        q_ref, s_ref = ref.silu_mul_quant_fp8(x_host[e, rows], group_size=g, scale_format=fmt)
+        q_ref, s_ref = ref.silu_mul_quant_fp8(x_host[e, rows], group_size=g, scale_format=fmt, **options)
         assert (_bits(q_host[e, rows]) == _bits(q_ref)).all(), f"expert {e}: q differs"
         assert (_bits(logical[e, rows]) == _bits(s_ref)).all(), f"expert {e}: scales differ"
-    del torch
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -227,6 +232,15 @@ def test_masked(kind, fmt, rng):
         "beyond": np.array([M + 5, -3, 0, 1, 2, 3, M, 4]),
     }[kind]
     _check_masked(E, M, H, counts, fmt, rng, counts_dtype="int64" if kind == "beyond" else "int32")
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("g", [32, 64])
+def test_masked_options(g, fmt, rng):
+    counts = np.array([5, 0, 31, 2, 31])
+    _check_masked(5, 31, 320, counts, fmt, rng, dtype="float32", g=g, gate_first=False, round_act=True)
+    with tuning({"quant.blocks": 3}):  # a grid smaller than the work: the same result
+        _check_masked(5, 31, 320, counts, fmt, rng, dtype="float16", g=g)
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)

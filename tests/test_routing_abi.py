@@ -64,7 +64,7 @@ def test_sizes():
     assert_invalid(_lib.lib.moekit_moe_align_workspace_size(4, 8, 256, None), "bytes")
     from moekit import reference as ref
 
-    assert ref.moe_align_buffer_sizes(16 * 8, 256, 64) == (pad.value, blocks.value)
+    assert ref.moe_align_buffer_sizes(16, 8, 256, 64) == (pad.value, blocks.value)
 
 
 def test_zero_tokens_launch():

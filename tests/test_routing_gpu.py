@@ -22,7 +22,8 @@ def _ids(T, K, E, rng, invalid=0.0, dtype="int32"):
         if T else np.zeros((0, K), np.int64)
     if invalid:
         mask = rng.random(ids.shape) < invalid
-        ids = np.where(mask, rng.choice([-1, E, E + 7, -(2**31)], ids.shape), ids)
+        bad = [-1, E, E + 7, -(2**31)] + ([2**32 + 1, -(2**32) + 3] if dtype == "int64" else [])
+        ids = np.where(mask, rng.choice(bad, ids.shape), ids)  # int64: values a truncation would alias
     return ids.astype(dtype)
 
 
@@ -80,8 +81,8 @@ def test_expert_map(kind, rng):
         emap = np.where(np.arange(E_global) < E_local, np.arange(E_global), -1)
     elif kind == "none":
         emap = np.full(E_global, -1)
-    else:
-        emap = np.where(rng.random(E_global) < 0.3, rng.integers(0, E_local, E_global), -1)
+    else:  # mapped values past E_local are skipped like -1
+        emap = np.where(rng.random(E_global) < 0.3, rng.integers(0, E_local + 5, E_global), -1)
     for T in (5, 9000):
         _check(_ids(T, 8, E_global, rng, invalid=0.05), E_local, 32, rng, expert_map=emap)
 

@@ -315,7 +315,7 @@ def check_align(rows, topk, num_experts, block_size, expert_map, dtype):
     out = ref.moe_align(ids, num_experts, block_size, expert_map=expert_map)
     expected = bf_align(rows, topk, num_experts, block_size,
                         None if expert_map is None else expert_map.tolist())
-    max_pad, num_blocks = ref.moe_align_buffer_sizes(ids.size, num_experts, block_size)
+    max_pad, num_blocks = ref.moe_align_buffer_sizes(ids.shape[0], ids.shape[1], num_experts, block_size)
     assert [a.size for a in out] == [max_pad, num_blocks, 1, num_experts, num_experts + 1]
     for actual, want in zip(out, expected):
         assert actual.dtype == np.int32
@@ -344,10 +344,10 @@ def test_moe_align_large(rng, block_size):
 
 
 def test_moe_align_buffer_sizes():
-    assert ref.moe_align_buffer_sizes(0, 8, 16) == (0, 0)
-    assert ref.moe_align_buffer_sizes(5, 256, 64) == (5 + 5 * 63, 5)
-    assert ref.moe_align_buffer_sizes(300, 4, 64) == (300 + 4 * 63, 9)  # 552 = 8.6 blocks
-    assert ref.moe_align_buffer_sizes(4096, 256, 128) == (4096 + 256 * 127, 286)
+    assert ref.moe_align_buffer_sizes(0, 8, 8, 16) == (0, 0)
+    assert ref.moe_align_buffer_sizes(5, 1, 256, 64) == (5 + 5 * 63, 5)
+    assert ref.moe_align_buffer_sizes(100, 3, 4, 64) == (300 + 4 * 63, 9)  # 552 = 8.6 blocks
+    assert ref.moe_align_buffer_sizes(512, 8, 256, 128) == (4096 + 256 * 127, 286)
 
 
 ALIGN_ERRORS = [  # (overrides of topk_ids int32 [2, 2], E 4, BM 16; the argument named)
@@ -370,8 +370,8 @@ def test_moe_align_errors(overrides, name):
         ref.moe_align(args.pop("topk_ids"), args.pop("num_experts"), args.pop("block_size"), **args)
 
 
-@pytest.mark.parametrize("args,name", [((-1, 4, 16), "num_pairs"), ((4, 0, 16), "num_experts"),
-                                       ((4, 4, 8), "block_size"), ((2**31, 4, 16), "num_pairs")])
+@pytest.mark.parametrize("args,name", [((-1, 1, 4, 16), "num_pairs"), ((4, 1, 0, 16), "num_experts"),
+                                       ((4, 1, 4, 8), "block_size"), ((2**30, 2, 4, 16), "num_pairs")])
 def test_moe_align_buffer_sizes_errors(args, name):
     with pytest.raises(ValueError, match=rf"^{name}\b"):
         ref.moe_align_buffer_sizes(*args)

@@ -13,6 +13,12 @@ namespace moekit {
 // aligned to `align` bytes (its element size).
 moekit_status_t check_ptr(const char* op, const char* arg, const void* p, int align, bool required);
 
+// [a, a + a_bytes) and [b, b + b_bytes) share a byte (in-place and aliasing checks).
+inline bool overlaps(const void* a, int64_t a_bytes, const void* b, int64_t b_bytes) {
+  const uintptr_t x = reinterpret_cast<uintptr_t>(a), y = reinterpret_cast<uintptr_t>(b);
+  return a_bytes > 0 && b_bytes > 0 && x < y + (uintptr_t)b_bytes && y < x + (uintptr_t)a_bytes;
+}
+
 // A float tensor's dtype (float32, float16 or bfloat16).
 moekit_status_t check_float_dtype(const char* op, const char* arg, moekit_dtype_t dtype);
 

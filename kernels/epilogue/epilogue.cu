@@ -13,11 +13,6 @@ using namespace moekit::epilogue;
 
 namespace {
 
-bool overlaps(const void* a, const void* b, int64_t bytes) {
-  const uintptr_t x = reinterpret_cast<uintptr_t>(a), y = reinterpret_cast<uintptr_t>(b);
-  return bytes > 0 && x < y + (uintptr_t)bytes && y < x + (uintptr_t)bytes;
-}
-
 moekit_status_t check_sizes(const char* op, int64_t T, int64_t H, int64_t max_h) {
   MOEKIT_REQUIRE(T >= 0, "%s: num_tokens (%lld) must be >= 0", op, (long long)T);
   MOEKIT_REQUIRE(H >= 1 && H <= max_h, "%s: hidden_size (%lld) must be in [1, %lld]", op, (long long)H,
@@ -51,9 +46,9 @@ moekit_status_t run_norm(const char* op, bool add, void* x, void* residual, cons
   if ((st = check_ptr(op, "weight", weight, dtype_size(weight_dtype), T > 0)) != MOEKIT_SUCCESS) return st;
   const int64_t bytes = T * H * esize;
   if (add) {
-    MOEKIT_REQUIRE(!overlaps(x, residual, bytes), "%s: x (%p) and residual (%p) must not overlap", op, x, residual);
+    MOEKIT_REQUIRE(!overlaps(x, bytes, residual, bytes), "%s: x (%p) and residual (%p) must not overlap", op, x, residual);
   } else {
-    MOEKIT_REQUIRE(x == y || !overlaps(x, y, bytes), "%s: y (%p) must be x (%p) or not overlap it", op, y, x);
+    MOEKIT_REQUIRE(x == y || !overlaps(x, bytes, y, bytes), "%s: y (%p) must be x (%p) or not overlap it", op, y, x);
   }
   if (T == 0) return MOEKIT_SUCCESS;
 
@@ -93,10 +88,10 @@ extern "C" MOEKIT_API moekit_status_t moekit_shared_expert_gate(void* hidden, co
     if ((st = check_ptr(op, "shared", shared, esize, any)) != MOEKIT_SUCCESS) return st;
     if ((st = check_ptr(op, "gate", gate, esize, any)) != MOEKIT_SUCCESS) return st;
     const int64_t n = num_tokens * hidden_size, bytes = n * esize;
-    MOEKIT_REQUIRE(!overlaps(hidden, shared, bytes), "%s: hidden (%p) and shared (%p) must not overlap", op, hidden,
+    MOEKIT_REQUIRE(!overlaps(hidden, bytes, shared, bytes), "%s: hidden (%p) and shared (%p) must not overlap", op, hidden,
                    shared);
     const int64_t gate_bytes = (gate_per_token ? num_tokens : n) * esize;
-    MOEKIT_REQUIRE(!overlaps(hidden, gate, bytes) && !overlaps(gate, hidden, gate_bytes),
+    MOEKIT_REQUIRE(!overlaps(hidden, bytes, gate, gate_bytes),
                    "%s: hidden (%p) and gate (%p) must not overlap", op, hidden, gate);
     if (!any) return MOEKIT_SUCCESS;
 

@@ -29,11 +29,6 @@ struct Request {
   bool masked;
 };
 
-bool overlaps(const void* a, int64_t a_bytes, const void* b, int64_t b_bytes) {
-  const uintptr_t x = reinterpret_cast<uintptr_t>(a), y = reinterpret_cast<uintptr_t>(b);
-  return a_bytes > 0 && b_bytes > 0 && x < y + (uintptr_t)b_bytes && y < x + (uintptr_t)a_bytes;
-}
-
 moekit_status_t run(const Request& r, moekit_stream_t stream) {
   const char* op = r.op;
   moekit_status_t st = check_float_dtype(op, "x_dtype", r.dtype);
@@ -82,6 +77,9 @@ moekit_status_t run(const Request& r, moekit_stream_t stream) {
   MOEKIT_REQUIRE(!overlaps(r.x, x_bytes, r.q, q_bytes) && !overlaps(r.x, x_bytes, r.scales, s_bytes) &&
                      !overlaps(r.q, q_bytes, r.scales, s_bytes),
                  "%s: x (%p), q (%p) and scales (%p) must not overlap", op, r.x, r.q, r.scales);
+  const int64_t c_bytes = r.masked ? r.B * dtype_size(r.counts_dtype) : 0;
+  MOEKIT_REQUIRE(!overlaps(r.counts, c_bytes, r.q, q_bytes) && !overlaps(r.counts, c_bytes, r.scales, s_bytes),
+                 "%s: counts (%p) must not overlap q (%p) or scales (%p)", op, r.counts, r.q, r.scales);
   a.x = r.x;
   a.q = r.q;
   a.scales = r.scales;

@@ -205,13 +205,14 @@ def _check_align_sizes(num_experts, block_size):
     return num_experts, block_size
 
 
-def moe_align_buffer_sizes(num_pairs, num_experts, block_size):
-    """(max_pad, num_blocks): the lengths of sorted_token_ids and expert_ids for T*K = num_pairs.
+def moe_align_buffer_sizes(num_tokens, topk, num_experts, block_size):
+    """(max_pad, num_blocks): the lengths of sorted_token_ids and expert_ids for T*K pairs (the
+    same arguments as moekit.moe_align_buffer_sizes).
 
     max_pad = num_pairs + min(num_pairs, E) * (BM - 1), num_blocks = ceil(max_pad / BM). Both must
     fit int32 (the sentinel num_pairs too, since max_pad >= num_pairs).
     """
-    num_pairs = _as_int(num_pairs, "num_pairs")
+    num_pairs = _as_int(num_tokens, "num_tokens") * _as_int(topk, "topk")
     num_experts, block_size = _check_align_sizes(num_experts, block_size)
     if num_pairs < 0:
         raise ValueError(f"num_pairs ({num_pairs}) must be >= 0")
@@ -261,7 +262,7 @@ def moe_align(topk_ids, num_experts, block_size, *, expert_map=None):
         if expert_map.shape[0] < 1:
             raise ValueError("expert_map must hold at least one entry, got shape (0,)")
     num_pairs = num_tokens * topk
-    max_pad, num_blocks = moe_align_buffer_sizes(num_pairs, num_experts, block_size)
+    max_pad, num_blocks = moe_align_buffer_sizes(num_tokens, topk, num_experts, block_size)
 
     valid, local = _local_experts(ids.reshape(-1), num_experts, expert_map)
     pairs = np.flatnonzero(valid)  # ascending
