@@ -3,6 +3,7 @@
 #   scripts/gpu-check.sh                 everything
 #   TESTS=0 scripts/gpu-check.sh         skip pytest;  BENCH=0 / SANITIZER=0 likewise
 #   SANITIZER_TOOLS="memcheck racecheck" scripts/gpu-check.sh   a subset of the four tools
+#   CLI=0 scripts/gpu-check.sh           skip `moekit check` and `moekit bench --quick`
 #   CROSSOVER=1 scripts/gpu-check.sh     also time the top-k paths against each other (bench/router_crossover.py)
 #   PYTEST_ARGS="-k ties" BENCH_ARGS="--quick" scripts/gpu-check.sh
 # Logs and JSON go to $OUT (the device tool's output folder) or ./gpu-check-out.
@@ -48,9 +49,22 @@ if [ "${CROSSOVER:-0}" = 1 ]; then
   python3 bench/router_crossover.py --out "$OUT" 2>&1 | tee "$OUT/crossover.log"
 fi
 
+if [ "${CLI:-1}" = 1 ]; then
+  note "moekit check"
+  python3 -m moekit check 2>&1 | tee "$OUT/moekit-check.log"
+  rc=${PIPESTATUS[0]}
+  [ "$rc" = 0 ] || status=1
+  summary+=("moekit check: exit $rc, $(grep -c PASS "$OUT/moekit-check.log") PASS, $(grep -c FAIL "$OUT/moekit-check.log") FAIL")
+fi
+
 if [ "${BENCH:-1}" = 1 ]; then
   note "benchmarks"
   python3 bench/run.py --out "$OUT" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log"
+  if [ "${CLI:-1}" = 1 ]; then
+    note "moekit bench --quick"
+    python3 -m moekit bench --quick --out "$OUT/moekit-bench" 2>&1 | tee "$OUT/moekit-bench.log"
+    summary+=("moekit bench --quick: exit ${PIPESTATUS[0]}, $(ls "$OUT/moekit-bench" 2>/dev/null | tr '\n' ' ')")
+  fi
 fi
 
 if [ "${SANITIZER:-1}" = 1 ]; then

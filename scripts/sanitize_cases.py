@@ -177,7 +177,7 @@ def quant_cases(label):
             rq, rs = fn(xs, group_size=g, scale_format=fmt)
             ok = np.array_equal(qs, np.asarray(rq).view(np.uint8))
             ok &= np.array_equal(ss.view(np.uint32), np.ascontiguousarray(rs).view(np.uint32))
-        print(f"[{label}] quant T={T} H={H} g={g} {fmt} {dt} silu={silu}: {'ok' if ok else 'MISMATCH'}")
+        print(f"[{label}] quant T={T} H={H} g={g} {fmt} {dt} silu={silu}: {'ok (bit-exact)' if ok else 'MISMATCH'}")
         failures += not ok
     return failures
 
@@ -239,7 +239,7 @@ def topk_cases(label):
         torch.cuda.synchronize()
         rw, rids = reference.grouped_topk(x.float().cpu().numpy(), None if b is None else b.cpu().numpy(), K, **kw)
         ok = np.array_equal(ids.cpu().numpy(), rids) and np.allclose(w.cpu().numpy(), rw, rtol=1e-5, atol=0)
-        print(f"[{label}] grouped_topk T={T} E={E} G={G}/{Kg} K={K} S={S} {score} {dt}: {'ok' if ok else 'MISMATCH'}")
+        print(f"[{label}] grouped_topk T={T} E={E} G={G}/{Kg} K={K} S={S} {score} {dt}: {'ok (ids exact)' if ok else 'MISMATCH'}")
         failures += not ok
     return failures
 
@@ -256,7 +256,7 @@ def align_cases(label):
         torch.cuda.synchronize()
         want = reference.moe_align(ids.cpu().numpy(), E, BM, expert_map=None if emap is None else emap.cpu().numpy())
         ok = all(np.array_equal(g.cpu().numpy(), w) for g, w in zip(got, want))
-        print(f"[{label}] moe_align T={T} K={K} E={E} BM={BM} map={with_map} multi={multi}: {'ok' if ok else 'MISMATCH'}")
+        print(f"[{label}] moe_align T={T} K={K} E={E} BM={BM} map={with_map} multi={multi}: {'ok (exact)' if ok else 'MISMATCH'}")
         failures += not ok
     return failures
 

@@ -42,7 +42,8 @@ def grouped_topk(logits, bias, topk, *, num_groups=1, topk_group=1, score_functi
     num_tokens, num_experts = x.shape
     stream = stream_handle(stream, x)
     b = None if bias is None else input_like(bias, "bias", x, "logits", (num_experts,), FLOAT_DTYPES)
-    slots = int64_arg(topk, "topk") + int64_arg(num_shared, "num_shared")
+    topk, num_shared = int64_arg(topk, "topk"), int64_arg(num_shared, "num_shared")
+    slots = topk + num_shared
     if out is None:
         out = (None, None)
     elif not isinstance(out, (tuple, list)) or len(out) != 2:
