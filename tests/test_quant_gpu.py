@@ -314,3 +314,32 @@ def test_torch_side_stream_and_deepgemm_layout(rng):
     packed = sp.contiguous().to(torch.int64) & 0xFFFFFFFF
     for j in range(4):
         assert torch.equal((packed >> (8 * j)) & 0xFF, exps[:, j::4])
+
+
+def test_torch_ops_compile_and_graph(rng):
+    """moekit.torch's custom ops: the same bytes eager, under torch.compile(fullgraph=True) and replayed
+    as a CUDA graph; the fake impl gives the real layout (DeepGEMM's strides)."""
+    import torch
+
+    import moekit.torch as mt
+
+    x = to_device(_inputs((100, 2 * 1536), "bfloat16", rng))
+
+    def f(x):
+        return mt.silu_mul_quant_fp8(x, 128, "packed_ue8m0"), mt.quant_fp8(x[:, :1536].contiguous(), 64, "col_f32_tma")
+
+    want = f(x)
+    got = torch.compile(f, fullgraph=True)(x)
+    for (a, b), (c, d) in zip(want, got):
+        assert same_bits(a.view(torch.uint8), c.view(torch.uint8)) and a.stride() == c.stride()
+        assert same_bits(b.contiguous(), d.contiguous()) and b.stride() == d.stride()
+    assert want[0][1].stride() == (1, 100)  # [T, Gp] with strides (1, Ta)
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        f(x)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=stream):
+            out = f(x)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert same_bits(out[0][0].view(torch.uint8), want[0][0].view(torch.uint8))

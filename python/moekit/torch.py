@@ -17,10 +17,11 @@ from ._lib import DType, MapFormat
 from .aux import aux_loss_workspace_size
 from .router import SCORE_FUNCTIONS
 
+from ._torch_ffn import add_rmsnorm_, quant_fp8, rmsnorm, shared_expert_gate_, silu_mul_quant_fp8  # noqa: E402
 from ._torch_routing import grouped_topk  # noqa: E402 - serving engines' names (vLLM / sglang)
 
 __all__ = ["fused_topk_with_score_function", "fused_compute_score_for_moe_aux_loss", "fused_moe_aux_loss",
-           "grouped_topk"]
+           "grouped_topk", "silu_mul_quant_fp8", "quant_fp8", "shared_expert_gate_", "add_rmsnorm_", "rmsnorm"]
 
 _FLOAT_DTYPES = {torch.float32: DType.F32, torch.float16: DType.F16, torch.bfloat16: DType.BF16}
 
