@@ -243,6 +243,8 @@ def main(argv=None):
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--no-plot", action="store_true")
     ap.add_argument("--out", default="bench/results")
+    ap.add_argument("--tune", action="append", default=[], metavar="KNOB=VALUE",
+                    help="a tuning override for the whole run, e.g. quant.async=1 (the cp.async A/B)")
     args, extra = ap.parse_known_args(argv)  # bench/run.py passes options it does not know to every family
     if extra:
         C.log(f"quant: ignoring {' '.join(extra)}")
@@ -251,6 +253,11 @@ def main(argv=None):
     if moekit is None:
         raise SystemExit(f"bench: moekit not importable ({why})")
     from moekit.quant import scale_storage_shape
+
+    if args.tune:
+        from moekit import _hooks
+
+        _hooks.apply({k: int(v) for k, v in (t.split("=", 1) for t in args.tune)})
 
     info = C.device_info(torch, moekit)
     l2 = C.l2_bytes(torch)

@@ -147,39 +147,52 @@ QUANT_CASES = [  # (T or (E, M), H, group, format, dtype, silu): odd T, G % 4 !=
     ((5, 11), 640, 128, "packed_ue8m0", torch.bfloat16, True),
     ((3, 6), 256, 64, "row_f32", torch.float32, True),
 ]
+QUANT_ASYNC_CASES = [  # the cp.async path (quant.async): contiguous, plain, masked
+    (37, 640, 128, "packed_ue8m0", torch.bfloat16, True),
+    (5, 256, 32, "col_f32_tma", torch.float32, False),
+    ((5, 11), 640, 128, "col_f32_tma_ue8m0", torch.float16, True),
+]
 
 
 def quant_cases(label):
     failures = 0
     for T, H, g, fmt, dt, silu in QUANT_CASES:
-        masked = isinstance(T, tuple)
-        shape = (*T, 2 * H) if masked else ((T, 2 * H) if silu else (T, H))
-        x = torch.randn(shape, device="cuda").to(dt)
-        if masked:
-            counts = torch.tensor([T[1], 0, 3, T[1] + 2, 1][: T[0]], dtype=torch.int32, device="cuda")
-            q, scales = moekit.silu_mul_quant_fp8(x, group_size=g, scale_format=fmt, counts=counts)
-            rows = [(e, n) for e, n in enumerate(counts.clamp(0, T[1]).tolist()) if n]
-        elif silu:
-            q, scales = moekit.silu_mul_quant_fp8(x, group_size=g, scale_format=fmt)
-        else:
-            q, scales = moekit.quant_fp8(x, group_size=g, scale_format=fmt)
-        torch.cuda.synchronize()
-        xs = x.float().cpu().numpy()
-        qs, ss = q.view(torch.uint8).cpu().numpy(), scales.cpu().numpy()
-        if masked:
-            ok = True
-            for e, n in rows:
-                rq, rs = reference.silu_mul_quant_fp8(xs[e, :n], group_size=g, scale_format=fmt)
-                ok &= np.array_equal(qs[e, :n], np.asarray(rq).view(np.uint8))
-                ok &= np.array_equal(ss[e, :n].view(np.uint32), np.ascontiguousarray(rs).view(np.uint32))
-        else:
-            fn = reference.silu_mul_quant_fp8 if silu else reference.quant_fp8
-            rq, rs = fn(xs, group_size=g, scale_format=fmt)
-            ok = np.array_equal(qs, np.asarray(rq).view(np.uint8))
-            ok &= np.array_equal(ss.view(np.uint32), np.ascontiguousarray(rs).view(np.uint32))
-        print(f"[{label}] quant T={T} H={H} g={g} {fmt} {dt} silu={silu}: {'ok (bit-exact)' if ok else 'MISMATCH'}")
-        failures += not ok
+        failures += quant_case(label, T, H, g, fmt, dt, silu)
+    with tuning({"quant.async": 1}):  # the cp.async path (nested: the presets touch no quant knob)
+        for T, H, g, fmt, dt, silu in QUANT_ASYNC_CASES:
+            failures += quant_case(label + " async", T, H, g, fmt, dt, silu)
     return failures
+
+
+def quant_case(label, T, H, g, fmt, dt, silu):
+    """One quantization case against the reference, bit for bit; 1 on a mismatch."""
+    masked = isinstance(T, tuple)
+    shape = (*T, 2 * H) if masked else ((T, 2 * H) if silu else (T, H))
+    x = torch.randn(shape, device="cuda").to(dt)
+    if masked:
+        counts = torch.tensor([T[1], 0, 3, T[1] + 2, 1][: T[0]], dtype=torch.int32, device="cuda")
+        q, scales = moekit.silu_mul_quant_fp8(x, group_size=g, scale_format=fmt, counts=counts)
+        rows = [(e, n) for e, n in enumerate(counts.clamp(0, T[1]).tolist()) if n]
+    elif silu:
+        q, scales = moekit.silu_mul_quant_fp8(x, group_size=g, scale_format=fmt)
+    else:
+        q, scales = moekit.quant_fp8(x, group_size=g, scale_format=fmt)
+    torch.cuda.synchronize()
+    xs = x.float().cpu().numpy()
+    qs, ss = q.view(torch.uint8).cpu().numpy(), scales.cpu().numpy()
+    if masked:
+        ok = True
+        for e, n in rows:
+            rq, rs = reference.silu_mul_quant_fp8(xs[e, :n], group_size=g, scale_format=fmt)
+            ok &= np.array_equal(qs[e, :n], np.asarray(rq).view(np.uint8))
+            ok &= np.array_equal(ss[e, :n].view(np.uint32), np.ascontiguousarray(rs).view(np.uint32))
+    else:
+        fn = reference.silu_mul_quant_fp8 if silu else reference.quant_fp8
+        rq, rs = fn(xs, group_size=g, scale_format=fmt)
+        ok = np.array_equal(qs, np.asarray(rq).view(np.uint8))
+        ok &= np.array_equal(ss.view(np.uint32), np.ascontiguousarray(rs).view(np.uint32))
+    print(f"[{label}] quant T={T} H={H} g={g} {fmt} {dt} silu={silu}: {'ok (bit-exact)' if ok else 'MISMATCH'}")
+    return int(not ok)
 
 
 EPILOGUE_CASES = [  # (T, H, dtype, weight dtype): vector rows, odd H (scalar path), the widest rows

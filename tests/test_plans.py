@@ -216,6 +216,7 @@ AUX_LOSS_KNOB_EFFECTS = {
 QUANT_KNOB_EFFECTS = {
     "quant.blocks_per_sm": (2, dict(T=65536, H=7168), "blocks"),
     "quant.blocks": (7, dict(T=65536, H=7168), "blocks"),
+    "quant.async": (1, dict(T=65536, H=7168), "path"),
 }
 
 
@@ -325,7 +326,10 @@ def test_quant_plans():
     assert quant_plan(128, 2048)["blocks"] == "64"  # 128 rows x 4 warp units / 8 warps a block
     assert quant_plan(8192, 2048, silu=False)["path"] == "quant"
     masked = quant_plan(8192, 2048, masked_experts=32)
-    assert masked["path"] == "silu_mul_quant_masked" and masked["smem_bytes"] == str(33 * 8)
+    assert masked["path"] == "silu_mul_quant_masked" and masked["smem_bytes"] == str(34 * 8)  # B + 1, even
+    with _hooks.tuning({"quant.async": 1}):  # the cp.async A/B path: 2 buffers x 8 warps x 2 KB (bf16)
+        assert quant_plan(8192, 2048)["smem_bytes"] == str(32 * 1024)
+        assert quant_plan(8192, 2048, masked_experts=32)["smem_bytes"] == str(34 * 8 + 32 * 1024)
 
 
 # ---- epilogues ------------------------------------------------------------------------------------

@@ -170,6 +170,19 @@ def test_special_values(silu, fmt, rng):
     _check_contiguous(T, H, "float32", fmt, 128, rng, silu=silu, x_host=x)
 
 
+@pytest.mark.parametrize("silu", [True, False])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_async_copy_path(dtype, silu, rng):
+    """The cp.async double-buffered path (the A/B of bench/NOTES.md): the same bytes as the reference,
+    contiguous and masked, with grids smaller than the work (each warp takes several items)."""
+    for blocks in (0, 5):
+        knobs = {"quant.async": 1, **({"quant.blocks": blocks} if blocks else {})}
+        with tuning(knobs):
+            _check_contiguous(301, 640, dtype, "packed_ue8m0", 128, rng, silu=silu)
+            if silu:
+                _check_masked(4, 40, 1536, np.array([40, 0, 7, 33]), "col_f32_tma", rng, dtype=dtype)
+
+
 def test_same_bits_over_grids(rng):
     import moekit
 

@@ -29,6 +29,7 @@ constexpr const char* kKnobs[] = {
     "aux_loss.blocks",
     "quant.blocks_per_sm",
     "quant.blocks",
+    "quant.async",
     "epilogue.gate_blocks_per_sm",
     "epilogue.norm_min_vpt",
     "align.force_multi",

@@ -27,6 +27,16 @@ struct LaneLoad {
     for (int k = 0; k < kVecs; ++k) raw[k] = __ldcs(reinterpret_cast<const uint4*>(p) + k);
   }
   __device__ __forceinline__ float get(int i) const { return to_float(reinterpret_cast<const T*>(raw)[i]); }
+  // The async path: cp.async into this lane's own slot of a shared stage (it alone reads it back,
+  // so its own wait is the only synchronization), then the 16-byte reads from there.
+  __device__ __forceinline__ static void issue(uint4* slot, const T* p) {
+#pragma unroll
+    for (int k = 0; k < kVecs; ++k) async::copy16(slot + k, reinterpret_cast<const uint4*>(p) + k, 16);
+  }
+  __device__ __forceinline__ void load_shared(const uint4* slot) {
+#pragma unroll
+    for (int k = 0; k < kVecs; ++k) raw[k] = slot[k];
+  }
 };
 
 template <typename T>
@@ -34,44 +44,60 @@ __device__ __forceinline__ float round_to(float v) {
   return to_float(from_float<T>(v));
 }
 
-// y for one lane's 16 columns; returns max |y| (NaN ignored).
+// y for one lane's 16 columns from its loaded inputs (a: gate or x, b: up); returns max |y| (NaN ignored).
 template <typename T, bool SILU>
-__device__ __forceinline__ float lane_values(const Params& p, const T* xrow, int col, float (&y)[kLaneCols]) {
+__device__ __forceinline__ float lane_values(const Params& p, const LaneLoad<T>& a, const LaneLoad<T>& b,
+                                             float (&y)[kLaneCols]) {
   float amax = 0.0f;
-  if constexpr (SILU) {
-    LaneLoad<T> a, b;
-    a.load(xrow + p.a_off + col);
-    b.load(xrow + p.b_off + col);
 #pragma unroll
-    for (int i = 0; i < kLaneCols; ++i) {
-      float s = silu(a.get(i));
-      float v;
+  for (int i = 0; i < kLaneCols; ++i) {
+    float v = a.get(i);
+    if constexpr (SILU) {
+      const float s = silu(v);
       if (p.round_act) v = round_to<T>(__fmul_rn(round_to<T>(s), b.get(i)));
       else v = __fmul_rn(s, b.get(i));
-      y[i] = v;
-      amax = fmaxf(amax, fabsf(v));
     }
-  } else {
-    LaneLoad<T> a;
-    a.load(xrow + col);
-#pragma unroll
-    for (int i = 0; i < kLaneCols; ++i) {
-      y[i] = a.get(i);
-      amax = fmaxf(amax, fabsf(y[i]));
-    }
+    y[i] = v;
+    amax = fmaxf(amax, fabsf(v));
   }
   return amax;
 }
 
-// One warp unit of one valid row: q and the scales of its groups.
+// Where work item w is: batch, row, this lane's first column.
+struct Unit {
+  int b;
+  int64_t row, xr;  // row in the batch; row of x and q
+  int col;
+  bool active;      // H % 32 == 0: a lane's columns are all in or all out
+};
+
+__device__ __forceinline__ Unit unit_of(const Params& p, const int64_t* prefix, bool masked, int64_t w, int lane) {
+  // 32-bit division where it fits: the common case, and several times cheaper.
+  const int64_t v = w <= 0xffffffffLL ? (int64_t)((uint32_t)w / (uint32_t)p.units) : w / p.units;
+  Unit u;
+  u.b = masked ? last_at_most(prefix, p.B, v) : 0;  // never an empty batch
+  u.row = masked ? v - prefix[u.b] : v;
+  u.xr = (int64_t)u.b * p.M + u.row;
+  u.col = (int)(w - v * p.units) * kWarpCols + lane * kLaneCols;
+  u.active = u.col < p.H;
+  return u;
+}
+
 template <typename T, bool SILU>
-__device__ __forceinline__ void quantize_unit(const Params& p, int b, int64_t row, int unit, int lane) {
-  const int col = unit * kWarpCols + lane * kLaneCols;
-  const bool active = col < p.H;  // H % 32 == 0: a lane's columns are all in or all out
-  const int64_t xr = (int64_t)b * p.M + row;
-  float y[kLaneCols];
-  float amax = 0.0f;
-  if (active) amax = lane_values<T, SILU>(p, static_cast<const T*>(p.x) + xr * p.xcols, col, y);
+__device__ __forceinline__ const T* gate_src(const Params& p, const Unit& u) {
+  return static_cast<const T*>(p.x) + u.xr * p.xcols + (SILU ? p.a_off : 0) + u.col;
+}
+template <typename T>
+__device__ __forceinline__ const T* up_src(const Params& p, const Unit& u) {
+  return static_cast<const T*>(p.x) + u.xr * p.xcols + p.b_off + u.col;
+}
+
+// One warp unit of one valid row, its y computed: q and the scales of its groups.
+__device__ __forceinline__ void quantize_unit(const Params& p, const Unit& u, int lane, const float (&y)[kLaneCols],
+                                              float amax) {
+  const int b = u.b, col = u.col;
+  const int64_t row = u.row, xr = u.xr;
+  const bool active = u.active;
   for (int o = (1 << p.lane_shift) >> 1; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(kFullMask, amax, o));
   const bool ue8m0 = p.format >= kColUe8m0;
   const uint32_t bits = scale_bits(amax, ue8m0);
@@ -151,9 +177,16 @@ __device__ __forceinline__ void zero_scales(const Params& p, int b, int c, int64
   }
 }
 
-template <typename T, bool SILU>
+// One buffer of one warp's async stage (16-byte vectors): 32 lanes x (gate, up) x LaneLoad<T>::kVecs.
+// A warp has two buffers.
+template <typename T>
+constexpr int stage_vecs() {
+  return 32 * 2 * LaneLoad<T>::kVecs;
+}
+
+template <typename T, bool SILU, bool ASYNC>
 __global__ void __launch_bounds__(kThreads) quant_kernel(const Params p) {
-  extern __shared__ int64_t prefix[];
+  extern __shared__ int64_t prefix[];  // masked: [B + 1]; then (ASYNC) the warps' stages
   pdl_wait_then_release_next();
   const bool masked = p.counts != nullptr;
   if (masked) count_prefix(p, prefix);
@@ -162,12 +195,53 @@ __global__ void __launch_bounds__(kThreads) quant_kernel(const Params p) {
   const int64_t warps = (int64_t)gridDim.x * kWarps;
   const int64_t rows = masked ? prefix[p.B] : p.M;
   const int64_t items = rows * p.units;
-  for (int64_t w = warp; w < items; w += warps) {
-    // 32-bit division where it fits: the common case, and several times cheaper.
-    const int64_t v = w <= 0xffffffffLL ? (int64_t)((uint32_t)w / (uint32_t)p.units) : w / p.units;
-    const int unit = (int)(w - v * p.units);
-    const int b = masked ? last_at_most(prefix, p.B, v) : 0;  // never an empty batch
-    quantize_unit<T, SILU>(p, b, masked ? v - prefix[b] : v, unit, lane);
+  if constexpr (ASYNC) {
+    // cp.async double buffering: item w + warps is in flight while item w is computed.
+    constexpr int kV = LaneLoad<T>::kVecs;
+    uint4* stage = reinterpret_cast<uint4*>(prefix + p.prefix_words) + (threadIdx.x >> 5) * 2 * stage_vecs<T>() +
+                   lane * 2 * kV;  // this lane's slot in buffer 0; buffer 1 is stage_vecs further
+    const auto issue = [&](const Unit& u, int s) {
+      uint4* slot = stage + s * stage_vecs<T>();
+      if (u.active) {
+        LaneLoad<T>::issue(slot, gate_src<T, SILU>(p, u));
+        if constexpr (SILU) LaneLoad<T>::issue(slot + kV, up_src<T>(p, u));
+      }
+      async::commit();
+    };
+    Unit u = unit_of(p, prefix, masked, warp, lane);
+    if (warp < items) issue(u, 0);
+    int s = 0;
+    for (int64_t w = warp; w < items; w += warps, s ^= 1) {
+      const Unit next = unit_of(p, prefix, masked, w + warps, lane);
+      if (w + warps < items) issue(next, s ^ 1);
+      else async::commit();  // an empty group keeps the count: at most one pending is ours
+      async::wait_pending<1>();
+      float y[kLaneCols];
+      float amax = 0.0f;
+      if (u.active) {
+        LaneLoad<T> a, b;
+        const uint4* slot = stage + s * stage_vecs<T>();
+        a.load_shared(slot);
+        if constexpr (SILU) b.load_shared(slot + kV);
+        amax = lane_values<T, SILU>(p, a, b, y);
+      }
+      quantize_unit(p, u, lane, y, amax);
+      u = next;
+    }
+    async::wait_pending<0>();
+  } else {
+    for (int64_t w = warp; w < items; w += warps) {
+      const Unit u = unit_of(p, prefix, masked, w, lane);
+      float y[kLaneCols];
+      float amax = 0.0f;
+      if (u.active) {
+        LaneLoad<T> a, b;
+        a.load(gate_src<T, SILU>(p, u));
+        if constexpr (SILU) b.load(up_src<T>(p, u));
+        amax = lane_values<T, SILU>(p, a, b, y);
+      }
+      quantize_unit(p, u, lane, y, amax);
+    }
   }
   const int64_t zero_items = (masked || p.format != kRowF32) ? (int64_t)p.B * p.S : 0;
   for (int64_t w = warp; w < zero_items; w += warps) {

@@ -37,6 +37,7 @@ struct Params {
   int units;        // warp units per row: ceil(H / kWarpCols)
   int format;       // ScaleFormat
   int round_act;
+  int prefix_words;  // int64 words of shared memory before the async stages (masked: B + 1, even)
 };
 
 }  // namespace quant

@@ -99,6 +99,7 @@ moekit_status_t run(const Request& r, moekit_stream_t stream) {
   Problem problem{r.dtype, r.silu, r.masked, r.B, r.M, r.H};
   const cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
   return run_plan(op, problem, &plan_quant, quant_tuning(), [&](const Plan& plan) {
+    a.prefix_words = plan.prefix_words;
     return with_float_type(r.dtype, [&](auto t) { return launch_quant<decltype(t)>(plan, a, s); });
   });
 }
