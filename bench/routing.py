@@ -18,35 +18,11 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C  # noqa: E402
 from aux_loss import cell  # noqa: E402 - the same cell runner and record fields
+from moekit.bench.families_routing import torch_align  # noqa: E402 - the torch peer `moekit bench` times too
 
 FAMILY = "routing"
 ALIGN_TOKENS, ALIGN_TOKENS_QUICK = (16, 256, 4096, 65536), (16, 4096)
 E, K, BM = 256, 8, 64
-
-
-def torch_align(torch, ids, num_experts, block):
-    """moe_align as a user writes it in torch: a stable sort by expert, then the padded layout (its
-    boolean indexing syncs, so its timing falls back from graph replay to eager calls)."""
-    T, topk = ids.shape
-    flat = ids.reshape(-1).long()
-    valid = (flat >= 0) & (flat < num_experts)
-    key = torch.where(valid, flat, num_experts)
-    order = torch.sort(key, stable=True).indices
-    counts = torch.bincount(flat[valid], minlength=num_experts)
-    padded = (counts + block - 1) // block * block
-    starts = torch.cumsum(padded, 0) - padded
-    offsets = torch.cumsum(counts, 0) - counts
-    sorted_keys = key[order]
-    keep = sorted_keys < num_experts
-    e = sorted_keys[keep]
-    rank = torch.arange(e.numel(), device=ids.device) - offsets[e]
-    max_pad = T * topk + min(T * topk, num_experts) * (block - 1)
-    out = torch.full((max_pad,), T * topk, dtype=torch.int32, device=ids.device)
-    out[starts[e] + rank] = order[keep].to(torch.int32)
-    blocks = torch.repeat_interleave(torch.arange(num_experts, device=ids.device, dtype=torch.int32), padded // block)
-    expert_ids = torch.full(((max_pad + block - 1) // block,), -1, dtype=torch.int32, device=ids.device)
-    expert_ids[: blocks.numel()] = blocks
-    return out, expert_ids, padded.sum().reshape(1).int(), counts.int(), offsets.int()
 
 
 def main(argv=None):

@@ -20,7 +20,7 @@ import moekit
 from moekit.__main__ import _cuda_devices
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-FAMILIES = ["router", "aux_loss", "quant", "epilogue"]
+FAMILIES = ["router", "aux_loss", "quant", "epilogue", "routing"]
 NO_GPU = _cuda_devices()[0].startswith("no CUDA device")
 needs_no_gpu = pytest.mark.skipif(not NO_GPU, reason="a CUDA device is present: this checks the no-GPU message")
 

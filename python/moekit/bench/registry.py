@@ -22,7 +22,7 @@ from typing import Callable
 __all__ = ["Cell", "Family", "Unavailable", "register", "families", "family_names", "op_names", "selects"]
 
 # The families that ship with moekit; importing the module registers them.
-_BUILTIN_MODULES = ("moekit.bench.families", "moekit.bench.families_ffn")
+_BUILTIN_MODULES = ("moekit.bench.families", "moekit.bench.families_ffn", "moekit.bench.families_routing")
 
 
 class Unavailable(Exception):
