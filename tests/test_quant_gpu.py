@@ -35,11 +35,14 @@ def _sample_rows(T, width, rng):
     return np.unique(np.concatenate([[0, 1, T - 2, T - 1], rng.integers(0, T, count)]))
 
 
-def _storage(scales, storage_shape):
-    """The whole storage behind a scales result (the logical view of the column formats)."""
+def _storage(scales, storage_shape, fmt=None):
+    """The whole storage behind a scales result (the logical view of the column formats, whose
+    strides are (.., 1, Ta) even where T == G makes the shapes coincide)."""
     import torch
 
-    if tuple(scales.shape) == tuple(storage_shape) and scales.is_contiguous():
+    if fmt is not None and fmt != "row_f32":
+        assert scales.stride()[-2:] == (1, storage_shape[-1]), f"{fmt}: strides {scales.stride()}"
+    if tuple(scales.shape) == tuple(storage_shape) and scales.is_contiguous() and fmt in (None, "row_f32"):
         return scales
     strides, step = [], 1
     for extent in reversed(storage_shape):
@@ -57,7 +60,7 @@ def _bits(array):
     return array.view(np.uint8 if array.dtype.itemsize == 1 else np.uint32)
 
 
-def _run_three(call, q_shape, storage_shape, storage_dtype):
+def _run_three(call, q_shape, storage_shape, storage_dtype, fmt=None):
     """call(out) fresh and into both poisons -> (q as uint8, scale storage), all bitwise equal."""
     import torch
 
@@ -67,7 +70,7 @@ def _run_three(call, q_shape, storage_shape, storage_dtype):
                                             poisoned(storage_shape, storage_dtype, pattern))
         q, scales = call(out)
         q = q.view(torch.uint8) if q.dtype != torch.uint8 else q
-        results.append((q, _storage(scales, storage_shape)))
+        results.append((q, _storage(scales, storage_shape, fmt if pattern is None else None)))
     for q, s in results[1:]:
         assert same_bits(results[0][0], q), f"q differs at {first_difference(results[0][0], q)}"
         assert same_bits(results[0][1], s), f"scales differ at {first_difference(results[0][1], s)}"
@@ -88,7 +91,7 @@ def _check_contiguous(T, H, dtype, fmt, g, rng, *, silu=True, gate_first=True, r
             x, group_size=g, scale_format=fmt, gate_first=gate_first, round_act=round_act, out=out)
     else:
         call = lambda out: moekit.quant_fp8(x, group_size=g, scale_format=fmt, out=out)  # noqa: E731
-    q, storage = _run_three(call, (T, H), storage_shape, storage_dtype)
+    q, storage = _run_three(call, (T, H), storage_shape, storage_dtype, fmt)
     if T == 0:
         return
     storage_host = to_host(storage)
@@ -132,6 +135,15 @@ def test_group_sizes(g, H, fmt, rng):
     if H % g:
         pytest.skip(f"H {H} is not a multiple of group size {g} (refused, tested in test_quant_abi)")
     _check_contiguous(19, H, "bfloat16", fmt, g, rng)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("T,H", [(4, 512), (56, 7168), (4, 2048), (16, 2048)])
+def test_storage_shape_equals_logical_shape(T, H, fmt, rng):
+    """T == G (or T == ceil(G / 4)) with T % 4 == 0: the storage and the view have the same shape;
+    the column formats must still come back as the transposed view."""
+    _check_contiguous(T, H, "bfloat16", fmt, 128, rng)
+    _check_contiguous(T, H, "bfloat16", fmt, 128, rng, silu=False)
 
 
 @pytest.mark.parametrize("T,H", [(65537, 512), (70000, 640), (70000, 7168)])
@@ -213,7 +225,8 @@ def _check_masked(E, M, H, counts_host, fmt, rng, dtype="bfloat16", counts_dtype
         out = None if pattern is None else (poisoned((E, M, H), "uint8", pattern),
                                             poisoned(storage_shape, storage_dtype, pattern))
         q, scales = moekit.silu_mul_quant_fp8(x, group_size=g, scale_format=fmt, counts=counts, out=out, **options)
-        runs.append((to_host(q.view(torch.uint8)), to_host(_storage(scales, storage_shape)), pattern))
+        runs.append((to_host(q.view(torch.uint8)), to_host(_storage(scales, storage_shape, fmt if pattern is None else None)),
+                     pattern))
     q_host, s_host = runs[0][0], runs[0][1]
     for q_other, s_other, pattern in runs[1:]:
         assert np.array_equal(_bits(s_other), _bits(s_host)), "scales: unwritten elements or non-determinism"
@@ -285,7 +298,7 @@ def test_masked_graph_replay(rng):
         torch.cuda.synchronize()
         for e, n in enumerate(values):
             assert same_bits(q[e, :n], want[0].view(torch.uint8)[e, :n]), (values, e)
-        assert same_bits(s, _storage(want[1], s.shape)), values
+        assert same_bits(s, _storage(want[1], s.shape, "col_f32_tma")), values
 
 
 # ---- frameworks and streams -----------------------------------------------------------------------

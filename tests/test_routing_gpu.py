@@ -133,8 +133,8 @@ SHAPES = {  # (E, G, Kg, K, rsf, S)
 }
 
 
-def _check_topk(T, shape, rng, dtype="float32", score="sigmoid", renormalize=True, apply_scale=True, logits=None,
-                bias=None):
+def _check_topk(T, shape, rng, score="sigmoid", renormalize=True, apply_scale=True, logits=None, bias=None,
+                ids_dtype="int32"):
     import moekit
     from moekit import reference as ref
 
@@ -142,10 +142,10 @@ def _check_topk(T, shape, rng, dtype="float32", score="sigmoid", renormalize=Tru
     x = rng.standard_normal((T, E)).astype(np.float32) if logits is None else logits
     b = (rng.standard_normal(E) * 0.5).astype(np.float32) if bias is None else bias
     kw = dict(num_groups=G, topk_group=Kg, score_function=score, renormalize=renormalize,
-              routed_scaling_factor=rsf, apply_scale=apply_scale, num_shared=S)
+              routed_scaling_factor=rsf, apply_scale=apply_scale, num_shared=S, ids_dtype=ids_dtype)
     runs = [moekit.grouped_topk(to_device(x), to_device(b), K, **kw)]
     for pattern in POISON_PATTERNS:
-        out = (poisoned((T, K + S), "float32", pattern), poisoned((T, K + S), "int32", pattern))
+        out = (poisoned((T, K + S), "float32", pattern), poisoned((T, K + S), ids_dtype, pattern))
         runs.append(moekit.grouped_topk(to_device(x), to_device(b), K, out=out, **kw))
     for w, i in runs[1:]:
         assert same_bits(w, runs[0][0]) and same_bits(i, runs[0][1]), "unwritten slots or non-determinism"
@@ -153,12 +153,23 @@ def _check_topk(T, shape, rng, dtype="float32", score="sigmoid", renormalize=Tru
         return
     want_w, want_i = ref.grouped_topk(x, b, K, **kw)
     got_w, got_i = to_host(runs[0][0]), to_host(runs[0][1])
-    bad = np.nonzero((got_i != want_i).any(axis=1))[0]
-    assert bad.size == 0, f"{bad.size} rows with other ids, first row {bad[0]}: {got_i[bad[0]]} vs {want_i[bad[0]]}"
+    differ = np.nonzero((got_i != want_i).any(axis=1))[0]
+    if differ.size:  # only near-ties may differ: fp32 keys (SPEC) within rounding of each other
+        keys, groups = ref.grouped_topk_keys(x, b, K, num_groups=G, topk_group=Kg, score_function=score)
+        for r in differ:
+            g_sorted = np.sort(groups[r])[::-1]
+            group_tie = G > 1 and abs(g_sorted[Kg - 1] - g_sorted[Kg]) <= 1e-6 * max(abs(g_sorted[Kg - 1]), 1.0)
+            a, w = got_i[r, :K], want_i[r, :K]
+            key_tie = np.all(np.abs(keys[r, a] - keys[r, w]) <= 1e-6 * np.maximum(np.abs(keys[r, w]), 1.0))
+            assert group_tie or key_tie, f"row {r}: ids {a} vs {w} (keys {keys[r, a]} vs {keys[r, w]})"
+        assert differ.size <= max(2, T // 2000), f"{differ.size} of {T} rows differ (near-ties)"
+    same = np.setdiff1d(np.arange(T), differ)
+    got_w, want_w = got_w[same], want_w[same]
     finite = np.isfinite(want_w)
     assert np.array_equal(finite, np.isfinite(got_w))
     err = np.abs(got_w[finite] - want_w[finite]) / np.maximum(np.abs(want_w[finite]), 1e-30)
-    assert err.max(initial=0.0) <= 1e-6, f"weights off by {err.max():.2e} (relative)"
+    tol = 2e-6 if score == "softmax" else 1e-6  # softmax: x - max and a sum of E terms in fp32
+    assert err.max(initial=0.0) <= tol, f"weights off by {err.max():.2e} (relative)"
 
 
 @pytest.mark.parametrize("T", [0, 1, 2, 3, 8, 16, 64, 256, 1024, 8192, 65536, 70000])
@@ -175,12 +186,15 @@ def test_grouped_topk_options(score, renormalize, apply_scale, rng):
         _check_topk(300, shape, rng, score=score, renormalize=renormalize, apply_scale=apply_scale)
 
 
+@pytest.mark.parametrize("ids_dtype", ["int32", "int64"])
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
-def test_grouped_topk_dtypes(dtype, rng):
+def test_grouped_topk_dtypes(dtype, ids_dtype, rng):
+    """f16 / bf16 logits and bias (the oracle takes the same values), int64 ids."""
     from _util import rounded
 
-    x = rounded(rng.standard_normal((77, 256)), dtype).astype(np.float32)  # the kernel sees these values
-    _check_topk(77, "deepseek-v3", rng, logits=x)
+    x = rounded(rng.standard_normal((77, 256)), dtype)
+    b = rounded(rng.standard_normal(256) * 0.5, dtype)
+    _check_topk(77, "deepseek-v3-shared", rng, logits=x, bias=b, ids_dtype=ids_dtype)
 
 
 def test_grouped_topk_ties_and_nan(rng):

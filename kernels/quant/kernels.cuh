@@ -186,7 +186,7 @@ constexpr int stage_vecs() {
 
 template <typename T, bool SILU, bool ASYNC>
 __global__ void __launch_bounds__(kThreads) quant_kernel(const Params p) {
-  extern __shared__ int64_t prefix[];  // masked: [B + 1]; then (ASYNC) the warps' stages
+  extern __shared__ __align__(16) int64_t prefix[];  // masked: [B + 1]; then (ASYNC) the warps' stages
   pdl_wait_then_release_next();
   const bool masked = p.counts != nullptr;
   if (masked) count_prefix(p, prefix);

@@ -14,7 +14,7 @@ def _scales_like(x: torch.Tensor, rows: int, hidden: int, group_size: int, scale
     storage, dtype, logical = quant.scale_storage_shape(rows, hidden, group_size, scale_format,
                                                         lead[0] if lead else None)
     buf = x.new_empty(storage, dtype=getattr(torch, dtype))
-    return buf if storage == logical else buf.transpose(-1, -2)[..., :rows, :]
+    return buf if scale_format == "row_f32" else buf.transpose(-1, -2)[..., :rows, :]
 
 
 @torch.library.custom_op("moekit::silu_mul_quant_fp8", mutates_args=())

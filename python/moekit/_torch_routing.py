@@ -71,6 +71,12 @@ def grouped_topk(hidden_states, gating_output, topk, renormalize, num_expert_gro
         raise ValueError(f"hidden_states has {hidden_states.shape[0]} tokens but gating_output "
                          f"{gating_output.shape[0]}")
     groups = num_expert_group or 1
+    if groups > 1 and e_score_correction_bias is None:
+        # vLLM / sglang score a group by its maximum when there is no correction bias (DeepSeek-V2);
+        # moekit's kernel (SPEC section 4) sums its two largest keys.
+        raise NotImplementedError("grouped_topk: num_expert_group > 1 without e_score_correction_bias (groups "
+                                  "scored by their maximum, DeepSeek-V2) is not supported; moekit scores groups by "
+                                  "the sum of their two largest keys (DeepSeek-V3)")
     return torch.ops.moekit.grouped_topk(
         gating_output, e_score_correction_bias, int(topk), int(groups), int(topk_group or groups), scoring_func,
         bool(renormalize), float(routed_scaling_factor), routed_scaling_factor != 1.0, int(num_fused_shared))

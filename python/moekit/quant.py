@@ -58,19 +58,20 @@ def _logical(storage, rows):
     return storage  # JAX: no strided views
 
 
-def _scales_out(out, x, storage_shape, dtype, logical_shape):
-    """The caller's scales buffer: the storage array (C-contiguous) or its logical strided view."""
+def _scales_out(out, x, storage_shape, dtype, logical_shape, row_major):
+    """The caller's scales buffer: the storage array (C-contiguous) or, for the column formats, its
+    logical view with strides (.., 1, Ta) (told apart by strides where the shapes coincide)."""
     array = as_device_array(out, "out[1] (scales)")
     require_same_device(x, "x", array, "out[1] (scales)")
     if array.dtype != dtype:
         raise ValueError(f"out[1] (scales) must have dtype {dtype}, got {array.dtype}")
+    aligned, cols = storage_shape[-1], storage_shape[-2]
+    view_strides = (1, aligned) if len(storage_shape) == 2 else (cols * aligned, 1, aligned)
+    strides = None if array.strides is None else tuple(array.strides)
+    if not row_major and tuple(array.shape) == tuple(logical_shape) and strides == view_strides:
+        return array
     if tuple(array.shape) == tuple(storage_shape) and array.is_c_contiguous:
         return array
-    if tuple(array.shape) == tuple(logical_shape) and len(storage_shape) >= 2 and logical_shape != storage_shape:
-        aligned, cols = storage_shape[-1], storage_shape[-2]
-        want = (1, aligned) if len(storage_shape) == 2 else (cols * aligned, 1, aligned)
-        if array.strides is not None and tuple(array.strides) == want:
-            return array
     raise ValueError(
         f"out[1] (scales) must be the storage {list(storage_shape)} (C-contiguous) or its view "
         f"{list(logical_shape)} with the format's strides, got shape {list(array.shape)} "
@@ -79,6 +80,7 @@ def _scales_out(out, x, storage_shape, dtype, logical_shape):
 
 
 def _outputs(out, x, q_shape, rows, hidden, group_size, scale_format, num_experts):
+    fmt = SCALE_FORMATS[scale_format]
     if out is None:
         out = (None, None)
     elif not isinstance(out, (tuple, list)) or len(out) != 2:
@@ -94,11 +96,12 @@ def _outputs(out, x, q_shape, rows, hidden, group_size, scale_format, num_expert
     storage_shape, dtype, logical_shape = scale_storage_shape(rows, hidden, group_size, scale_format, num_experts)
     if out[1] is None:
         storage = empty(x, storage_shape, dtype)
-        scales = storage if storage_shape == logical_shape else _logical(storage, rows)
+        # by format, not by shape: a column format's storage can have its logical shape (T == G)
+        scales = storage if fmt == ScaleFormat.ROW_F32 else _logical(storage, rows)
         scales_array = as_device_array(storage, "out[1] (scales)")
     else:
         scales = out[1]
-        scales_array = _scales_out(scales, x, storage_shape, dtype, logical_shape)
+        scales_array = _scales_out(scales, x, storage_shape, dtype, logical_shape, fmt == ScaleFormat.ROW_F32)
     return q, q_array, scales, scales_array
 
 
