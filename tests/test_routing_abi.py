@@ -100,6 +100,11 @@ TOPK_INVALID = {
     "null weights": (dict(weights=None), "weights"),
     "i32 bias": (dict(bias_dtype=DType.I32), "bias_dtype"),
     "T < 0": (dict(num_tokens=-1), "num_tokens"),
+    "null ids": (dict(ids=None), "ids"),
+    "misaligned ids": (dict(ids=EIDS + 2), "ids"),
+    "misaligned weights": (dict(weights=SORTED + 2), "weights"),
+    "misaligned bias": (dict(bias=MAP + 2), "bias"),
+    "T*E overflow": (dict(num_tokens=2**60), "num_tokens"),
 }
 
 

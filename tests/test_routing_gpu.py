@@ -208,3 +208,26 @@ def test_grouped_topk_ties_and_nan(rng):
     x[4] = np.nan
     b = -np.abs(np.round(rng.standard_normal(E) * 4) / 4)
     _check_topk(64, "deepseek-v3-shared", rng, logits=x.astype(np.float32), bias=b.astype(np.float32))
+
+
+def test_torch_grouped_topk_op(rng):
+    """moekit.torch.grouped_topk (vLLM / sglang names) equals moekit.grouped_topk, passes torch.library's
+    opcheck (schema, fake impl, graph capture rules) and compiles with fullgraph=True."""
+    import torch
+
+    import moekit
+    from moekit.torch import grouped_topk
+
+    x = to_device(rng.standard_normal((64, 256)).astype(np.float32))
+    bias = to_device((rng.standard_normal(256) * 0.3).astype(np.float32))
+    hidden = torch.empty(64, 16, device="cuda")
+    w, ids = grouped_topk(hidden, x, 8, True, num_expert_group=8, topk_group=4, scoring_func="sigmoid",
+                          routed_scaling_factor=2.5, e_score_correction_bias=bias)
+    w2, ids2 = moekit.grouped_topk(x, bias, 8, num_groups=8, topk_group=4, routed_scaling_factor=2.5)
+    assert same_bits(w, w2) and same_bits(ids, ids2)
+    torch.library.opcheck(torch.ops.moekit.grouped_topk.default, (x, bias, 8, 8, 4, "sigmoid", True, 2.5, True, 0))
+    compiled = torch.compile(lambda h, g: grouped_topk(h, g, 8, True, 8, 4, "sigmoid", 2.5, bias), fullgraph=True)
+    w3, ids3 = compiled(hidden, x)
+    assert same_bits(w3, w) and same_bits(ids3, ids)
+    with pytest.raises(NotImplementedError, match="e_score_correction_bias"):
+        grouped_topk(hidden, x, 8, True, num_expert_group=8, topk_group=4)
