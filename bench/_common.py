@@ -94,6 +94,57 @@ def import_moekit():
         return None, f"{type(first).__name__}: {first}"
 
 
+def require_moekit():
+    """moekit, or exit with the reason (a family benchmark has nothing to time without it)."""
+    moekit, why = import_moekit()
+    if moekit is None:
+        raise SystemExit(f"bench: moekit not importable ({why})")
+    return moekit
+
+
+def family_parser(doc: str):
+    """The options every family script takes (bench/run.py passes them on)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--no-plot", action="store_true")
+    ap.add_argument("--out", default="bench/results")
+    return ap
+
+
+def time_peers(row: dict, name: str, fns: dict, inputs: list, on_error=None) -> None:
+    """row["timings"][peer] for each peer; a peer that fails is logged, not fatal."""
+    import traceback
+
+    for peer, fn in fns.items():
+        try:
+            row["timings"][peer] = time_fn(fn, inputs, reps=60)
+        except Exception as exc:  # noqa: BLE001 - a peer that fails is reported, not fatal
+            log(f"  {name} {peer}: {type(exc).__name__}: {str(exc)[:200]}")
+            traceback.print_exc()
+            if on_error is not None:
+                on_error()
+
+
+def summarize(row: dict, name: str, bytes_: int, ceiling: float) -> dict:
+    """GB/s and % of the copy ceiling of moekit's timing, the fields bench/run.py's combined table
+    reads (best peer, floor, speed-ups), and the cell's log line."""
+    mk = row["timings"].get("moekit", {}).get("us")
+    row["gbs"] = bytes_ / mk / 1e3 if mk else None
+    row["pct_copy"] = 100 * row["gbs"] / ceiling if mk else None
+    peers = {p: t["us"] for p, t in row["timings"].items() if p != "moekit" and t.get("us")}
+    best = min(peers, key=peers.get) if peers else None
+    row.update(best_peer=best, moekit_gbs=row["gbs"], pct_of_copy=row["pct_copy"],
+               floor_us_at_copy=bytes_ / ceiling / 1e3,
+               speedup_vs_best_peer=peers[best] / mk if best and mk else None,
+               speedup_vs_eager=peers["torch eager"] / mk if mk and "torch eager" in peers else None,
+               speedup_vs_compile=peers["torch.compile"] / mk if mk and "torch.compile" in peers else None)
+    log(f"  {name}: moekit {fmt_num(mk, 2)} us, {fmt_num(row['gbs'])} GB/s ({fmt_num(row['pct_copy'])}% of copy)")
+    return row
+
+
 def plot_bars(out_dir: str, name: str, panels: dict, *, title: str,
               ylabel: str = "% of copy ceiling") -> str | None:
     """Grouped bar charts, one panel per entry of panels {panel title: (labels, {series: values})}.

@@ -14,10 +14,8 @@ Fewest bytes each op must move:
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C  # noqa: E402
@@ -45,40 +43,18 @@ def torch_aux_loss(torch, probs, tokens, N, E):
 
 
 def cell(torch, moekit, name, bytes_, fns, make_inputs, ceiling, l2):
-    sets = C.rotation_count(bytes_, l2)
-    inputs = [make_inputs() for _ in range(sets)]
-    row = {"cell": name, "bytes": bytes_, "timings": {}}
-    for peer, fn in fns.items():
-        try:
-            row["timings"][peer] = C.time_fn(fn, inputs, reps=60)
-        except Exception as exc:  # noqa: BLE001 - a peer that fails is reported, not fatal
-            C.log(f"  {name} {peer}: {type(exc).__name__}: {str(exc)[:200]}")
-            traceback.print_exc()
-    mk = row["timings"].get("moekit", {}).get("us")
-    row["gbs"] = bytes_ / mk / 1e3 if mk else None
-    row["pct_copy"] = 100 * row["gbs"] / ceiling if mk else None
-    # the fields bench/run.py's combined table reads
-    peers = {p: t["us"] for p, t in row["timings"].items() if p != "moekit" and t.get("us")}
-    best = min(peers, key=peers.get) if peers else None
-    row.update(case=name.split(" ", 2)[2], pass_=None, score="", best_peer=best, moekit_gbs=row["gbs"],
-               pct_of_copy=row["pct_copy"], floor_us_at_copy=bytes_ / ceiling / 1e3,
-               speedup_vs_best_peer=peers[best] / mk if best and mk else None)
-    row["pass"] = " ".join(name.split(" ", 2)[:2])
-    del row["pass_"]
-    C.log(f"  {name}: moekit {C.fmt_num(mk, 2)} us, {C.fmt_num(row['gbs'])} GB/s ({C.fmt_num(row['pct_copy'])}% of copy)")
-    return row
+    """One cell named "<op> <pass> <case>": every peer timed on input sets rotated past L2."""
+    inputs = [make_inputs() for _ in range(C.rotation_count(bytes_, l2))]
+    row = {"cell": name, "bytes": bytes_, "timings": {}, "case": name.split(" ", 2)[2], "score": "",
+           "pass": " ".join(name.split(" ", 2)[:2])}
+    C.time_peers(row, name, fns, inputs)
+    return C.summarize(row, name, bytes_, ceiling)
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--no-compile", action="store_true")
-    ap.add_argument("--no-plot", action="store_true")
-    ap.add_argument("--out", default="bench/results")
-    args = ap.parse_args(argv)
+    args = C.family_parser(__doc__).parse_args(argv)
     torch = C.import_torch()
-    moekit = C.import_moekit()
-    import moekit.torch  # noqa: F401 - registers the custom ops
+    moekit = C.require_moekit()
 
     l2 = C.l2_bytes(torch)
     ceiling = C.copy_ceiling(torch)

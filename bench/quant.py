@@ -14,7 +14,6 @@ Fewest bytes each op must move (bf16 x, group 128; scale storage = the format's 
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import traceback
@@ -125,13 +124,7 @@ def cell(torch, moekit, params, bytes_, fns, make_inputs, ceiling, l2, slices, f
     except Exception as exc:  # noqa: BLE001 - e.g. out of memory: the cell is reported empty
         C.log(f"  {name}: inputs: {type(exc).__name__}: {str(exc)[:200]}")
         inputs, fns = [], {}
-    for peer, fn in fns.items():
-        try:
-            row["timings"][peer] = C.time_fn(fn, inputs, reps=60)
-        except Exception as exc:  # noqa: BLE001 - a peer that fails is reported, not fatal
-            C.log(f"  {name} {peer}: {type(exc).__name__}: {str(exc)[:200]}")
-            traceback.print_exc()
-            torch.cuda.empty_cache()
+    C.time_peers(row, name, fns, inputs, on_error=torch.cuda.empty_cache)
     if inputs:
         try:
             shares = equal_shares(torch, moekit, params["op"], params["format"], fns, inputs, slices)
@@ -142,20 +135,7 @@ def cell(torch, moekit, params, bytes_, fns, make_inputs, ceiling, l2, slices, f
         except Exception as exc:  # noqa: BLE001 - e.g. the reference not importable: reported
             C.log(f"  {name} check: {type(exc).__name__}: {str(exc)[:200]}")
             row["check"] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-    mk = row["timings"].get("moekit", {}).get("us")
-    row["gbs"] = bytes_ / mk / 1e3 if mk else None
-    row["pct_copy"] = 100 * row["gbs"] / ceiling if mk else None
-    # the fields bench/run.py's combined table reads
-    peers = {p: t["us"] for p, t in row["timings"].items() if p != "moekit" and t.get("us")}
-    best = min(peers, key=peers.get) if peers else None
-    row.update(best_peer=best, moekit_gbs=row["gbs"], pct_of_copy=row["pct_copy"],
-               floor_us_at_copy=bytes_ / ceiling / 1e3,
-               speedup_vs_best_peer=peers[best] / mk if best and mk else None,
-               speedup_vs_eager=peers["torch eager"] / mk if mk and "torch eager" in peers else None,
-               speedup_vs_compile=peers["torch.compile"] / mk if mk and "torch.compile" in peers else None)
-    C.log(f"  {name}: moekit {C.fmt_num(mk, 2)} us, {C.fmt_num(row['gbs'])} GB/s "
-          f"({C.fmt_num(row['pct_copy'])}% of copy)")
-    return row
+    return C.summarize(row, name, bytes_, ceiling)
 
 
 def run_cell(torch, moekit, storage_shape, args, ceiling, l2, *, op, T, H, fmt, pattern=None):
@@ -238,20 +218,14 @@ def plot(records, out_dir, ceiling, device):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--no-compile", action="store_true")
-    ap.add_argument("--no-plot", action="store_true")
-    ap.add_argument("--out", default="bench/results")
+    ap = C.family_parser(__doc__)
     ap.add_argument("--tune", action="append", default=[], metavar="KNOB=VALUE",
                     help="a tuning override for the whole run, e.g. quant.async=1 (the cp.async A/B)")
     args, extra = ap.parse_known_args(argv)  # bench/run.py passes options it does not know to every family
     if extra:
         C.log(f"quant: ignoring {' '.join(extra)}")
     torch = C.import_torch()
-    moekit, why = C.import_moekit()
-    if moekit is None:
-        raise SystemExit(f"bench: moekit not importable ({why})")
+    moekit = C.require_moekit()
     from moekit.quant import scale_storage_shape
 
     if args.tune:

@@ -11,7 +11,6 @@ expert_ids num_blocks*4, counts and offsets (2E+2)*4.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -26,16 +25,9 @@ E, K, BM = 256, 8, 64
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--no-compile", action="store_true")
-    ap.add_argument("--no-plot", action="store_true")
-    ap.add_argument("--out", default="bench/results")
-    args, _ = ap.parse_known_args(argv)
+    args, _ = C.family_parser(__doc__).parse_known_args(argv)
     torch = C.import_torch()
-    moekit, why = C.import_moekit()
-    if moekit is None:
-        raise SystemExit(f"bench: moekit not importable ({why})")
+    moekit = C.require_moekit()
     l2 = C.l2_bytes(torch)
     ceiling = C.copy_ceiling(torch)
     records = []

@@ -234,14 +234,19 @@ def _check_map_format(map_format):
     return map_format
 
 
-def _check_index_dtype(index_dtype):
+def _check_dtype_choice(value, name, allowed):
+    """np.dtype(value) if its name is in `allowed`, else a ValueError naming the argument."""
     try:
-        dtype = np.dtype(index_dtype)
+        dtype = np.dtype(value)
     except TypeError:
         dtype = None
-    if dtype is None or dtype.name not in INDEX_DTYPES:
-        raise ValueError(f"index_dtype must be one of {INDEX_DTYPES}, got {index_dtype!r}")
+    if dtype is None or dtype.name not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
     return dtype
+
+
+def _check_index_dtype(index_dtype):
+    return _check_dtype_choice(index_dtype, "index_dtype", INDEX_DTYPES)
 
 
 def _check_groups(num_groups, group_topk, topk, num_experts):

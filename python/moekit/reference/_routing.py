@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from ._router import EPS, _as_float64, _as_int, _sigmoid, _softmax, topk_order
+from ._router import EPS, _as_float64, _as_int, _check_dtype_choice, _sigmoid, _softmax, topk_order
 
 __all__ = [
     "grouped_topk",
@@ -48,13 +48,7 @@ def _as_flag(value, name):
 
 
 def _check_ids_dtype(ids_dtype):
-    try:
-        dtype = np.dtype(ids_dtype)
-    except TypeError:
-        dtype = None
-    if dtype is None or dtype.name not in IDS_DTYPES:
-        raise ValueError(f"ids_dtype must be one of {IDS_DTYPES}, got {ids_dtype!r}")
-    return dtype
+    return _check_dtype_choice(ids_dtype, "ids_dtype", IDS_DTYPES)
 
 
 def _grouped_options(num_experts, topk, num_groups, topk_group, score_function):
