@@ -22,6 +22,9 @@ _TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 if _TESTS_DIR not in sys.path:
     sys.path.insert(0, _TESTS_DIR)
 
+# JAX takes 75% of the GPU's memory on first use unless told not to; the tests share one process.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
 _device_status = None  # (usable: bool, reason: str), probed once
 
 

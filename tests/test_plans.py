@@ -223,7 +223,9 @@ QUANT_KNOB_EFFECTS = {
 # The epilogues' knobs.
 EPILOGUE_KNOB_EFFECTS = {
     "epilogue.gate_blocks_per_sm": (2, dict(op="gate", T=65536, H=7168), "blocks"),
-    "epilogue.norm_min_vpt": (16, dict(op="rmsnorm", T=8192, H=7168), "vpt"),
+    "epilogue.norm_min_vpt": (32, dict(op="rmsnorm", T=8192, H=7168), "vpt"),
+    "epilogue.norm_max_threads": (1024, dict(op="rmsnorm", T=8192, H=7168), "vpt"),
+    "epilogue.norm_waves": (1, dict(op="rmsnorm", T=65536, H=7168), "blocks"),
 }
 
 
@@ -348,11 +350,14 @@ def epilogue_plan(op, T, H, dtype=DType.BF16):
 
 
 def test_epilogue_plans():
-    # one block per row, 16 bytes per thread while a row fits 1024 threads
-    got, want = subset(epilogue_plan("add_rmsnorm", 8192, 7168), vpt=8, threads=896, blocks=132 * 2)
+    # a block per row, the width doubled from 16 bytes until a row fits 512 threads; 8 waves of
+    # resident blocks (2048 / 448 = 4 per SM), then blocks stride over rows
+    got, want = subset(epilogue_plan("add_rmsnorm", 8192, 7168), vpt=16, threads=448, blocks=132 * 4 * 8)
     assert got == want
-    assert epilogue_plan("rmsnorm", 70000, 16384)["vpt"] == "16"
-    assert epilogue_plan("rmsnorm", 1, 16384, DType.F32)["vpt"] == "16"
+    assert epilogue_plan("add_rmsnorm", 7, 7168)["blocks"] == "7"
+    assert epilogue_plan("rmsnorm", 1, 128) == dict(path="rmsnorm", vpt="8", threads="32", blocks="1", pdl="1")
+    assert epilogue_plan("rmsnorm", 70000, 16384)["vpt"] == "32"
+    assert epilogue_plan("rmsnorm", 1, 16384, DType.F32)["vpt"] == "32"
     assert epilogue_plan("rmsnorm", 1, 32768, DType.F32) == dict(path="rmsnorm", vpt="32", threads="1024", blocks="1",
                                                                   pdl="1")
     assert epilogue_plan("gate", 16, 7168)["blocks"] == "56"  # 114688 / 8 / 256

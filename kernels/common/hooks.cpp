@@ -32,6 +32,8 @@ constexpr const char* kKnobs[] = {
     "quant.async",
     "epilogue.gate_blocks_per_sm",
     "epilogue.norm_min_vpt",
+    "epilogue.norm_max_threads",
+    "epilogue.norm_waves",
     "align.force_multi",
     "grouped_topk.blocks_per_sm",
 };

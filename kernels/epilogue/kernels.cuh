@@ -28,31 +28,28 @@ __device__ __forceinline__ float block_sum(float v, float* partial) {
   return total;
 }
 
-template <typename T, int VPT, bool ADD>
-__device__ __forceinline__ void load_row(const NormParams& p, int64_t row, int64_t col, bool vec, float (&v)[VPT],
-                                         float (&r)[VPT]) {
-  if (row >= p.T) return;
-  load_chunk<T, VPT>(static_cast<const T*>(p.x) + row * p.H, col, p.H, vec, 0.0f, v);
-  if constexpr (ADD) load_chunk<T, VPT>(static_cast<const T*>(p.residual) + row * p.H, col, p.H, vec, 0.0f, r);
-}
-
-// Rows strided over a persistent grid; the next row's loads are issued before this row's reduction,
-// so a thread keeps two rows' bytes in flight.
+// Rows strided over the grid, a row per block at a time. Latency is hidden by the other resident
+// blocks (the plan keeps a row to a few hundred threads so that several rows share an SM), not by
+// prefetching in registers; the weight is read at the scale step, from L1 after the first row.
 template <typename T, typename W, int VPT, bool ADD>
 __global__ void __launch_bounds__(kMaxThreads) norm_kernel(const NormParams p) {
   __shared__ float partial[32];
   pdl_wait_then_release_next();
+  constexpr int kPiece = VPT < 8 ? VPT : 8;
   const int64_t col = (int64_t)threadIdx.x * VPT;
   const bool vec = p.vec != 0;
-  float w[VPT], v[VPT], r[VPT], nv[VPT], nr[VPT];
-  load_chunk<W, VPT>(static_cast<const W*>(p.weight), col, p.H, vec, 0.0f, w);
-  load_row<T, VPT, ADD>(p, blockIdx.x, col, vec, v, r);
   for (int64_t row = blockIdx.x; row < p.T; row += gridDim.x) {
-    load_row<T, VPT, ADD>(p, row + gridDim.x, col, vec, nv, nr);
     const int64_t base = row * p.H;
+    float v[VPT];
+    load_chunk<T, VPT>(static_cast<const T*>(p.x) + base, col, p.H, vec, 0.0f, v);
     if constexpr (ADD) {
 #pragma unroll
-      for (int i = 0; i < VPT; ++i) v[i] += r[i];
+      for (int k = 0; k < VPT; k += kPiece) {  // pieces: v and a whole r would spill at VPT = 32
+        float r[kPiece];
+        load_chunk<T, kPiece>(static_cast<const T*>(p.residual) + base, col + k, p.H, vec, 0.0f, r);
+#pragma unroll
+        for (int i = 0; i < kPiece; ++i) v[k + i] += r[i];
+      }
       store_chunk<T, VPT>(static_cast<T*>(p.residual) + base, col, p.H, vec, v);
     }
     float ss = 0.0f;
@@ -60,13 +57,13 @@ __global__ void __launch_bounds__(kMaxThreads) norm_kernel(const NormParams p) {
     for (int i = 0; i < VPT; ++i) ss = fmaf(v[i], v[i], ss);
     const float rstd = rsqrtf(block_sum(ss, partial) / (float)p.H + p.eps);
 #pragma unroll
-    for (int i = 0; i < VPT; ++i) v[i] = v[i] * rstd * w[i];
-    store_chunk<T, VPT>(static_cast<T*>(p.y) + base, col, p.H, vec, v);
+    for (int k = 0; k < VPT; k += kPiece) {
+      float w[kPiece];
+      load_chunk<W, kPiece>(static_cast<const W*>(p.weight), col + k, p.H, vec, 0.0f, w);
 #pragma unroll
-    for (int i = 0; i < VPT; ++i) {
-      v[i] = nv[i];
-      r[i] = nr[i];
+      for (int i = 0; i < kPiece; ++i) v[k + i] = v[k + i] * rstd * w[i];
     }
+    store_chunk<T, VPT>(static_cast<T*>(p.y) + base, col, p.H, vec, v);
   }
 }
 

@@ -17,8 +17,13 @@ namespace epilogue {
 struct EpilogueTuning {
   // Gate: resident blocks of kGateThreads per SM the grid-stride loop aims at (a few waves).
   int gate_blocks_per_sm = 32;
-  // RMSNorm: the smallest per-thread width (elements); the plan widens it until a row fits a block.
+  // RMSNorm: the smallest per-thread width (elements); the plan widens it until a row fits
+  // norm_max_threads threads (or kMaxThreads once kMaxVpt is reached).
   int norm_min_vpt = 0;  // 0: 16 bytes of the dtype
+  // Threads per row: fewer means more rows resident per SM, hence more bytes in flight.
+  int norm_max_threads = 512;
+  // RMSNorm: resident-block waves the grid covers before blocks stride over rows.
+  int norm_waves = 8;
 };
 
 inline EpilogueTuning epilogue_tuning() {
@@ -28,6 +33,8 @@ inline EpilogueTuning epilogue_tuning() {
   int64_t v;
   if (o.get("epilogue.gate_blocks_per_sm", &v) && v > 0) t.gate_blocks_per_sm = (int)std::min<int64_t>(v, 256);
   if (o.get("epilogue.norm_min_vpt", &v) && v > 0) t.norm_min_vpt = (int)std::min<int64_t>(v, kMaxVpt);
+  if (o.get("epilogue.norm_max_threads", &v) && v > 0) t.norm_max_threads = (int)std::min<int64_t>(std::max<int64_t>(v, 32), kMaxThreads);
+  if (o.get("epilogue.norm_waves", &v) && v > 0) t.norm_waves = (int)std::min<int64_t>(v, 1024);
   return t;
 }
 
@@ -51,7 +58,7 @@ inline int norm_vpt(int64_t H, int esize, const EpilogueTuning& t) {
       vpt = v;
       break;
     }
-  while (vpt < kMaxVpt && (H + vpt - 1) / vpt > kMaxThreads) vpt *= 2;
+  while (vpt < kMaxVpt && (H + vpt - 1) / vpt > t.norm_max_threads) vpt *= 2;
   return vpt;
 }
 
@@ -67,9 +74,11 @@ inline Plan plan_epilogue(const Problem& p, const DeviceInfo& dev, const Epilogu
   } else {
     plan.vpt = norm_vpt(p.H, dtype_size(p.dtype), t);
     plan.shape.threads = (int)((p.H + plan.vpt - 1) / plan.vpt + 31) / 32 * 32;
-    // A persistent grid: as many blocks as fit at once (by threads), each striding over rows.
+    // A row per block, up to norm_waves waves of resident blocks (by threads); beyond, blocks
+    // stride over rows (any T, no grid-axis limit).
     const int64_t per_sm = std::max(1, 2048 / plan.shape.threads);
-    plan.shape.blocks = std::max<int64_t>(1, std::min<int64_t>(p.T, (int64_t)std::max(dev.sm_count, 1) * per_sm));
+    const int64_t cap = (int64_t)std::max(dev.sm_count, 1) * per_sm * t.norm_waves;
+    plan.shape.blocks = std::max<int64_t>(1, std::min<int64_t>(p.T, cap));
   }
   plan.shape.pdl = dev.cc_major >= 9;
   return plan;

@@ -85,6 +85,9 @@ _LAZY_OPS = {
 }
 
 
+_SUBMODULES = ("reference", "router", "aux", "quant", "epilogue", "routing")
+
+
 def __getattr__(name):
     # Lazy so that a missing or mismatched library surfaces when an op is first used.
     module_name = _LAZY_OPS.get(name)
@@ -94,10 +97,10 @@ def __getattr__(name):
         value = getattr(importlib.import_module(f"{__name__}.{module_name}"), name)
         globals()[name] = value
         return value
-    if name == "reference":
+    if name in _SUBMODULES:  # moekit.quant.scale_storage_shape and friends before any op is used
         import importlib
 
-        return importlib.import_module(f"{__name__}.reference")
+        return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

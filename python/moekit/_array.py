@@ -96,6 +96,14 @@ def _dtype_name(dtype, obj):
     return name
 
 
+_NARROW_DTYPES = ("bfloat16", "float8_e4m3fn", "float8_e5m2")
+
+
+def _narrow_dtype_name(dtype):
+    text = str(dtype)
+    return next((name for name in _NARROW_DTYPES if text == name or text.endswith("." + name)), "unknown")
+
+
 def _from_cuda_array_interface(obj, interface):
     """Read the CUDA Array Interface by hand: the fallback when StridedMemoryView cannot query the
     driver for the pointer's device (no driver on this machine). Device id stays unknown."""
@@ -164,8 +172,10 @@ def as_device_array(obj, name):
         raise ValueError(f"{name} must be a CUDA device array, got {_describe(obj)} in host memory")
     try:
         dtype = _dtype_name(view.dtype, obj)
-    except NotImplementedError:  # a narrow dtype without ml_dtypes installed
-        dtype = "bfloat16" if "bfloat16" in str(getattr(obj, "dtype", "")) else "unknown"
+    except (NotImplementedError, TypeError):
+        # A narrow dtype the view cannot name (bfloat16 without ml_dtypes; float8, whose DLPack
+        # code cuda.core does not map): the array's own dtype names it.
+        dtype = _narrow_dtype_name(getattr(obj, "dtype", None))
     return DeviceArray(obj, view.ptr, dtype, tuple(view.shape), view.strides, view.device_id, framework)
 
 
