@@ -12,6 +12,7 @@ from moekit._lib import DType, MapFormat, ScoreFunction, Status
 
 # Distinct, 256-byte aligned fake device addresses: plan-only mode never touches them.
 LOGITS, PROBS, MAP, INTERMEDIATE, BIAS, GRAD, GRAD_LOGITS, INDICES = (0x100000 * (i + 1) for i in range(8))
+AUX_SCORES, AUX_MAP, AUX_INTERMEDIATE, GRAD_AUX = (0x100000000 * (i + 1) for i in range(4))  # apart from the above
 DTYPES = {"bf16": DType.BF16, "f16": DType.F16, "f32": DType.F32}
 SCORES = {"softmax": ScoreFunction.SOFTMAX, "sigmoid": ScoreFunction.SIGMOID, "sqrtsoftplus": ScoreFunction.SQRTSOFTPLUS}
 
@@ -203,6 +204,7 @@ KNOB_EFFECTS = {
     "router.wide_f32": (0, dict(T=8192, E=512, K=22, dtype="f32"), "path"),
     "router.wide_min_experts": (600, dict(T=8192, E=512, K=22), "path"),
 }
+PAIR_KNOB_EFFECTS = {"router.pair_fused": (0, dict(T=8192, E=128, K=8), "fused")}
 
 
 # The aux loss's knobs: a value and the call (R, C) whose plan it changes.
@@ -235,11 +237,12 @@ TOPK_KNOB_EFFECTS = {"grouped_topk.blocks_per_sm": (2, dict(T=65536), "blocks")}
 
 def test_every_knob_changes_a_plan():
     knobs = set(KNOB_EFFECTS) | set(AUX_LOSS_KNOB_EFFECTS) | set(QUANT_KNOB_EFFECTS) | set(EPILOGUE_KNOB_EFFECTS) \
-        | set(ALIGN_KNOB_EFFECTS) | set(TOPK_KNOB_EFFECTS)
+        | set(ALIGN_KNOB_EFFECTS) | set(TOPK_KNOB_EFFECTS) | set(PAIR_KNOB_EFFECTS)
     assert knobs == set(_hooks.tuning_names())
     for effects, planner in ((KNOB_EFFECTS, forward_plan), (AUX_LOSS_KNOB_EFFECTS, aux_loss_plan),
                              (QUANT_KNOB_EFFECTS, quant_plan), (EPILOGUE_KNOB_EFFECTS, epilogue_plan),
-                             (ALIGN_KNOB_EFFECTS, align_plan), (TOPK_KNOB_EFFECTS, topk_plan)):
+                             (ALIGN_KNOB_EFFECTS, align_plan), (TOPK_KNOB_EFFECTS, topk_plan),
+                             (PAIR_KNOB_EFFECTS, lambda **call: pair_plan(**call))):
         for knob, (value, call, field) in effects.items():
             default = planner(**call)
             with _hooks.tuning({knob: value}):
@@ -293,6 +296,49 @@ def test_aux_scores_plans(E, score):
 def test_aux_scores_large_k_and_e_leave_team_rows():
     assert aux_scores_plan(65536, 256, 32)["path"] == "warp_rows"
     assert aux_scores_plan(1024, 16384, 8)["path"] == "block_rows"
+
+
+def pair_plan(T, E, K, dtype="bf16", score="softmax", pre=False, groups=(0, 0), aux_scores=AUX_SCORES):
+    with _hooks.plan_only():
+        status = _lib.lib.moekit_router_aux_forward(
+            LOGITS, DTYPES[dtype], T, E, K, SCORES[score], int(pre), groups[0], groups[1], 1.0, None, DType.F32,
+            PROBS, MAP, MapFormat.BYTEMAP, None, DType.I32, INTERMEDIATE,
+            aux_scores, AUX_MAP, MapFormat.BITMAP, AUX_INTERMEDIATE, None)  # fmt: skip
+        assert status == Status.SUCCESS, _lib.last_error()
+        return _hooks.last_plan()
+
+
+# The router + aux-scores pair: one kernel where both plans share a row layout (the Megatron shapes),
+# the router's own plan for its pass, two launches where the layouts differ.
+PAIR_PLANS = {
+    (128, 8, "softmax", "bf16"): dict(fused="1", path=TEAM, kernel="softmax_post_packed", aux_path=TEAM),
+    (256, 8, "sigmoid", "f32"): dict(fused="1", path=TEAM, kernel="sigmoid", aux_path=TEAM),
+    (64, 6, "softmax", "f16"): dict(fused="1", path=TEAM, aux_path=TEAM),
+    (1024, 8, "sqrtsoftplus", "bf16"): dict(fused="1", path="warp_rows", aux_path="warp_rows"),
+    (4096, 8, "softmax", "f32"): dict(fused="1", path="block_rows", aux_path="block_rows"),
+    (512, 22, "softmax", "bf16"): dict(fused="0", path="wide_rows"),
+}
+
+
+@pytest.mark.parametrize("E, K, score, dtype", PAIR_PLANS)
+def test_pair_plans(E, K, score, dtype):
+    plan = pair_plan(8192, E, K, dtype, score)
+    got, want = subset(plan, **PAIR_PLANS[(E, K, score, dtype)])
+    assert got == want
+    router = forward_plan(8192, E, K, dtype, score)  # the router's pass is planned as the single op
+    assert {k: v for k, v in plan.items() if k in router and k not in ("blocks", "smem_bytes", "smem_words")} == \
+        {k: v for k, v in router.items() if k not in ("blocks", "smem_bytes", "smem_words")}
+    if plan["fused"] == "1" and plan["path"] == TEAM:
+        assert plan["aux_lanes"] == plan["lanes"] and plan["aux_chunks"] == plan["chunks"]
+
+
+def test_pair_falls_back_to_two_launches():
+    with _hooks.tuning({"router.pair_fused": 0}):
+        assert pair_plan(8192, 128, 8)["fused"] == "0"
+    # FULL team rows need vector access on the aux buffers too
+    assert pair_plan(8192, 128, 8, aux_scores=AUX_SCORES + 4)["fused"] == "0"
+    # a router on team rows, the aux scores (K = 32 > their team limit) on warp rows
+    assert pair_plan(8192, 128, 32)["fused"] == "0"
 
 
 def test_aux_loss_plans():

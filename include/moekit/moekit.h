@@ -147,6 +147,37 @@ MOEKIT_API moekit_status_t moekit_aux_scores_backward(
     moekit_score_function_t score_function, void* grad_logits, moekit_dtype_t grad_logits_dtype,
     moekit_stream_t stream);
 
+/* ---- the router and the aux-loss scores in one call (sections 1 and 2 on the same logits). -------
+ *
+ * Forward: exactly moekit_router_topk_forward's outputs (probs, routing_map and/or topk_indices,
+ * intermediate) and moekit_aux_scores_forward's for the same logits, topk and score_function
+ * (aux_scores, aux_routing_map in aux_map_format, aux_intermediate), bit for bit, from one read of
+ * the logits where the two plans share a row layout (one launch; otherwise two). Outputs must not
+ * overlap.
+ */
+MOEKIT_API moekit_status_t moekit_router_aux_forward(
+    const void* logits, moekit_dtype_t logits_dtype, int64_t num_tokens, int64_t num_experts,
+    int64_t topk, moekit_score_function_t score_function, int use_pre_softmax,
+    int64_t num_groups, int64_t group_topk, float scaling_factor,
+    const void* expert_bias, moekit_dtype_t bias_dtype,
+    void* probs, void* routing_map, moekit_map_format_t map_format,
+    void* topk_indices, moekit_dtype_t index_dtype, float* intermediate,
+    float* aux_scores, void* aux_routing_map, moekit_map_format_t aux_map_format,
+    float* aux_intermediate, moekit_stream_t stream);
+
+/* Backward: grad_logits = the router backward of grad_probs + the aux-scores backward of
+ * grad_aux_scores [T, E] f32, summed in fp32 and rounded once to grad_dtype (two separate calls and
+ * an add round each term first). One launch; the arguments are the two backwards'.
+ */
+MOEKIT_API moekit_status_t moekit_router_aux_backward(
+    const void* grad_probs, moekit_dtype_t grad_dtype, int64_t num_tokens, int64_t num_experts,
+    const float* intermediate,
+    const void* routing_map, moekit_map_format_t map_format,
+    const void* topk_indices, moekit_dtype_t index_dtype,
+    int64_t topk, moekit_score_function_t score_function, int use_pre_softmax,
+    float scaling_factor, const float* grad_aux_scores, const float* aux_intermediate,
+    void* grad_logits, moekit_stream_t stream);
+
 /* ---- aux loss: SPEC.md section 3. ------------------------------------------------------------
  *
  * Forward. probs [R, C] (f32, f16, bf16), C a multiple of num_experts (the sequence-level loss

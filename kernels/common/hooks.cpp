@@ -25,6 +25,7 @@ constexpr const char* kKnobs[] = {
     "router.wide_max_k",
     "router.wide_f32",
     "router.wide_min_experts",
+    "router.pair_fused",
     "aux_loss.blocks_per_sm",
     "aux_loss.blocks",
     "quant.blocks_per_sm",

@@ -30,11 +30,11 @@ bool pdl_switch();
 // NOT_SUPPORTED where the shape needs more shared memory per block than the device has.
 moekit_status_t check_fits(const char* op, const LaunchShape& s, const DeviceInfo& dev);
 
-// Launches `kernel(params)` with shape `s` on `stream`. With PDL the grid may launch while the
+// Launches `kernel(params...)` with shape `s` on `stream`. With PDL the grid may launch while the
 // previous kernel in the stream drains; every kernel waits for it on the GPU before touching memory
 // (pdl_wait_then_release_next, common/device.cuh).
-template <typename Kernel, typename Params>
-cudaError_t launch_kernel(Kernel kernel, const LaunchShape& s, cudaStream_t stream, const Params& params) {
+template <typename Kernel, typename... Params>
+cudaError_t launch_kernel(Kernel kernel, const LaunchShape& s, cudaStream_t stream, const Params&... params) {
   // Raise the dynamic shared memory limit only when the launch needs more than the default.
   if (s.smem_bytes > 48 * 1024) {
     cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)s.smem_bytes);
@@ -50,7 +50,7 @@ cudaError_t launch_kernel(Kernel kernel, const LaunchShape& s, cudaStream_t stre
   attr.val.programmaticStreamSerializationAllowed = 1;
   config.attrs = &attr;
   config.numAttrs = s.pdl ? 1 : 0;
-  return cudaLaunchKernelEx(&config, kernel, params);
+  return cudaLaunchKernelEx(&config, kernel, params...);
 }
 
 // f(T{}) with T the element type of a float dtype (the caller has validated it).

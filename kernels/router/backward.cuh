@@ -224,15 +224,22 @@ __device__ __forceinline__ void backward_grad(const BackwardParams& a, Team& tea
   }
 }
 
+// Steps 1 and 2 of one row: its gradient in dx.
 template <typename T, int VEC, int NC, bool AUX, class Team>
-__device__ __forceinline__ void backward_row(const BackwardParams& a, Team& team, int64_t row, uint32_t* smem) {
+__device__ __forceinline__ void backward_row_grad(const BackwardParams& a, Team& team, int64_t row, uint32_t* smem,
+                                                  float (&dx)[VEC * NC]) {
   constexpr int VPT = VEC * NC;
-  float g[VPT], y[VPT], dx[VPT];
+  float g[VPT], y[VPT];
   uint64_t m;
   if constexpr (AUX) m = aux_backward_loads<VEC, NC>(a, team, row, g, y);
   else m = backward_loads<T, VEC, NC>(a, team, row, smem, g, y);
   backward_grad<VEC, NC, AUX>(a, team, m, g, y, dx);
-  // Step 3: every element of grad_logits
+}
+
+// Step 3: every element of grad_logits
+template <typename T, int VEC, int NC, class Team>
+__device__ __forceinline__ void backward_row_store(const BackwardParams& a, const Team& team, int64_t row,
+                                                   const float (&dx)[VEC * NC]) {
   const int64_t off = row * (int64_t)a.E;
 #pragma unroll
   for (int c = 0; c < NC; ++c) {
@@ -241,6 +248,26 @@ __device__ __forceinline__ void backward_row(const BackwardParams& a, Team& team
     for (int v = 0; v < VEC; ++v) t[v] = dx[c * VEC + v];
     store_chunk<T, VEC>(static_cast<T*>(a.grad_logits) + off, elem_index<VEC>(team, c, 0), a.E, a.vec != 0, t);
   }
+}
+
+template <typename T, int VEC, int NC, bool AUX, class Team>
+__device__ __forceinline__ void backward_row(const BackwardParams& a, Team& team, int64_t row, uint32_t* smem) {
+  float dx[VEC * NC];
+  backward_row_grad<T, VEC, NC, AUX>(a, team, row, smem, dx);
+  backward_row_store<T, VEC, NC>(a, team, row, dx);
+}
+
+// The router's and the aux-loss scores' gradients of one row, summed in fp32 and stored once
+// (moekit_router_aux_backward; `a` names grad_logits).
+template <typename T, int VEC, int NC, class Team>
+__device__ __forceinline__ void backward_pair_row(const BackwardParams& a, const BackwardParams& b, Team& team,
+                                                  int64_t row, uint32_t* smem) {
+  float dx[VEC * NC], dx_aux[VEC * NC];
+  backward_row_grad<T, VEC, NC, false>(a, team, row, smem, dx);
+  backward_row_grad<T, VEC, NC, true>(b, team, row, smem, dx_aux);
+#pragma unroll
+  for (int p = 0; p < VEC * NC; ++p) dx[p] += dx_aux[p];
+  backward_row_store<T, VEC, NC>(a, team, row, dx);
 }
 
 // Warp rows: blockDim.x / 32 rows per block, each warp with its own slice of shared memory.
@@ -261,6 +288,25 @@ __global__ void __launch_bounds__(kMaxBlockThreads) backward_block_kernel(Backwa
   extern __shared__ uint32_t smem[];
   BlockTeam team(smem);
   backward_row<T, VEC, NC, AUX>(a, team, (int64_t)blockIdx.x, smem + 128);
+}
+
+template <typename T, int VEC, int NC>
+__global__ void backward_warp_pair_kernel(BackwardParams a, BackwardParams b) {
+  pdl_wait_then_release_next();
+  extern __shared__ uint32_t smem[];
+  const int warp = threadIdx.x >> 5;
+  const int64_t row = (int64_t)blockIdx.x * (blockDim.x >> 5) + warp;
+  if (row >= a.T) return;
+  WarpTeam team;
+  backward_pair_row<T, VEC, NC>(a, b, team, row, smem + warp * a.smem_words_per_team);
+}
+
+template <typename T, int VEC, int NC>
+__global__ void __launch_bounds__(kMaxBlockThreads) backward_block_pair_kernel(BackwardParams a, BackwardParams b) {
+  pdl_wait_then_release_next();
+  extern __shared__ uint32_t smem[];
+  BlockTeam team(smem);
+  backward_pair_row<T, VEC, NC>(a, b, team, (int64_t)blockIdx.x, smem + 128);
 }
 
 }  // namespace router

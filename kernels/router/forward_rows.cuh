@@ -252,5 +252,31 @@ __global__ void __launch_bounds__(kMaxBlockThreads) forward_block_kernel(Forward
   forward_row<T, VEC, NC, AUX>(a, team, (int64_t)blockIdx.x, smem + 128);
 }
 
+// The router and the aux-loss scores on the same rows (moekit_router_aux_forward): the aux pass
+// re-reads the logits the router pass has just brought in, from L1 or L2. Both passes share the
+// team's shared memory slice (the plan sizes it for the larger).
+template <typename T, int VEC, int NC>
+__global__ void forward_warp_pair_kernel(ForwardParams a, ForwardParams b) {
+  pdl_wait_then_release_next();
+  extern __shared__ uint32_t smem[];
+  const int warp = threadIdx.x >> 5;
+  const int64_t row = (int64_t)blockIdx.x * (blockDim.x >> 5) + warp;
+  if (row >= a.T) return;
+  WarpTeam team;
+  forward_row<T, VEC, NC, false>(a, team, row, smem + warp * a.smem_words_per_team);
+  __syncwarp();
+  forward_row<T, VEC, NC, true>(b, team, row, smem + warp * a.smem_words_per_team);
+}
+
+template <typename T, int VEC, int NC>
+__global__ void __launch_bounds__(kMaxBlockThreads) forward_block_pair_kernel(ForwardParams a, ForwardParams b) {
+  pdl_wait_then_release_next();
+  extern __shared__ uint32_t smem[];
+  BlockTeam team(smem);
+  forward_row<T, VEC, NC, false>(a, team, (int64_t)blockIdx.x, smem + 128);
+  __syncthreads();
+  forward_row<T, VEC, NC, true>(b, team, (int64_t)blockIdx.x, smem + 128);
+}
+
 }  // namespace router
 }  // namespace moekit

@@ -372,16 +372,13 @@ __device__ __forceinline__ void team_store(const ForwardParams& a, int t, int64_
   }
 }
 
-template <typename T, int LANES, int KIND, int CHUNKS, bool FULL>
-__global__ void __launch_bounds__(128, team_min_blocks(KIND, LANES)) forward_team_kernel(ForwardParams a) {
-  pdl_wait_then_release_next();
-  using R = TeamRows<T, LANES, KIND, CHUNKS, FULL>;
-  const int lane = threadIdx.x & 31, t = lane % LANES;
-  const int64_t row = ((int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5)) * (32 / LANES) + lane / LANES;
-  const bool live = row < a.T;  // a dead team still takes part in the warp's shuffles
-  const int E = FULL ? LANES * R::kKeys : a.E;
+// One team's row (dead teams, row >= T, still take part in the warp's shuffles).
+template <class R>
+__device__ __forceinline__ void team_row(const ForwardParams& a, int64_t row, int t) {
+  const bool live = row < a.T;
+  const int E = R::kFull ? R::kLanes * R::kKeys : a.E;
   const int64_t off = (live ? row : 0) * (int64_t)E;
-  const bool vec = FULL || a.vec != 0;  // E % 8 == 0 and 16-byte aligned buffers (plan.h)
+  const bool vec = R::kFull || a.vec != 0;  // E % 8 == 0 and 16-byte aligned buffers (plan.h)
 
   uint32_t raw[R::kRawWords];
   team_load_values<R>(a, t, E, off, vec, raw);
@@ -391,7 +388,7 @@ __global__ void __launch_bounds__(128, team_min_blocks(KIND, LANES)) forward_tea
   team_keys<R>(a, t, E, raw, kept, key);
   uint32_t chosen = ~0u;  // bit c: chunk c's group is kept
   if (a.G > 0) {
-    chosen = lane_team_kept_groups<LANES, CHUNKS, kTeamVec, FULL>(key, t, E, a.group_size, a.per_group, a.Kg);
+    chosen = lane_team_kept_groups<R::kLanes, R::kChunks, kTeamVec, R::kFull>(key, t, E, a.group_size, a.per_group, a.Kg);
     team_mask_groups<R>(chosen, key);
   }
   uint32_t first = 0, last = 0;  // the first and the latest winner's key
@@ -401,6 +398,34 @@ __global__ void __launch_bounds__(128, team_min_blocks(KIND, LANES)) forward_tea
   else team_weights<R>(a, raw, kept, sel, first, w);
   if (!live) return;
   team_store<R>(a, t, row, E, vec, sel, w);
+}
+
+template <int LANES>
+__device__ __forceinline__ int64_t team_row_index() {
+  const int lane = threadIdx.x & 31;
+  return ((int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5)) * (32 / LANES) + lane / LANES;
+}
+
+template <typename T, int LANES, int KIND, int CHUNKS, bool FULL>
+__global__ void __launch_bounds__(128, team_min_blocks(KIND, LANES)) forward_team_kernel(ForwardParams a) {
+  pdl_wait_then_release_next();
+  team_row<TeamRows<T, LANES, KIND, CHUNKS, FULL>>(a, team_row_index<LANES>(), (threadIdx.x & 31) % LANES);
+}
+
+// The aux-loss scores' team kernel for the router's KIND: softmax scores are softmax-pre.
+constexpr int aux_team_kind(int kind) {
+  return kTeamAux + (kind == kSigmoid || kind == kSqrtSoftplus ? kind : (int)kSoftmaxPre);
+}
+
+// The router and the aux-loss scores on the same rows (moekit_router_aux_forward): the aux pass
+// reads the logits the router pass has just brought in, from L1 or L2.
+template <typename T, int LANES, int KIND, int CHUNKS, bool FULL>
+__global__ void __launch_bounds__(128) forward_team_pair_kernel(ForwardParams a, ForwardParams b) {
+  pdl_wait_then_release_next();
+  const int64_t row = team_row_index<LANES>();
+  const int t = (threadIdx.x & 31) % LANES;
+  team_row<TeamRows<T, LANES, KIND, CHUNKS, FULL>>(a, row, t);
+  team_row<TeamRows<T, LANES, aux_team_kind(KIND), CHUNKS, FULL>>(b, row, t);
 }
 
 }  // namespace router

@@ -54,6 +54,9 @@ struct RouterTuning {
   int wide_min_experts = 257;
   int wide_min_experts_16bit = 513;
   int64_t wide_16bit_min_t = 8192;
+  // moekit_router_aux_forward: one kernel for both passes where the two plans share a row layout
+  // (0: always two launches; benchmarks).
+  int pair_fused = 1;
 };
 
 // The tuning the plans read: the table above, unless a test or benchmark overrode knobs in-process
@@ -77,6 +80,7 @@ inline RouterTuning router_tuning() {
   if (o.get("router.wide_max_k", &v) && v >= 0) t.wide_max_k = (int)std::min<int64_t>(v, kWideMaxK);
   if (o.get("router.wide_f32", &v)) t.wide_f32 = (int)v;
   if (o.get("router.wide_min_experts", &v) && v > 0) t.wide_min_experts = t.wide_min_experts_16bit = (int)v;
+  if (o.get("router.pair_fused", &v)) t.pair_fused = (int)v;
   return t;
 }
 
@@ -240,6 +244,55 @@ inline void describe(const ForwardPlan& plan, PlanText& out) {
           plan.shape.smem_bytes, (int)plan.shape.pdl);
 }
 
+// ---- router + aux-loss scores (moekit_router_aux_forward) ------------------------------------------
+
+struct PairForwardProblem {
+  ForwardProblem router, aux;  // the same logits, T, E and K
+};
+
+struct PairForwardPlan {
+  ForwardPlan router, aux;
+  bool fused;         // one kernel runs both passes on the same rows (launch.cuh)
+  LaunchShape shape;  // the fused kernel's, else the router's (the aux launch keeps its own)
+};
+
+// Fused where both plans use team rows (the aux pass then takes the router's lanes and chunks: an
+// aux team kernel exists for each), or both warp rows, or both block rows (same elements per
+// thread; the shared memory slice sized for the larger). Otherwise (wide rows, or paths that differ)
+// two launches, still one call.
+inline PairForwardPlan plan_pair_forward(const PairForwardProblem& p, const DeviceInfo& dev, const RouterTuning& t) {
+  PairForwardPlan plan{};
+  plan.router = plan_forward(p.router, dev, t);
+  plan.aux = plan_forward(p.aux, dev, t);
+  plan.shape = plan.router.shape;
+  const ForwardPlan& r = plan.router;
+  ForwardPlan& x = plan.aux;
+  if (!t.pair_fused || r.path != x.path || r.path == ForwardPath::kWideRows) return plan;
+  if (r.path == ForwardPath::kTeamRows) {
+    if (r.full && !x.vec) return plan;  // the aux pass runs FULL too: its buffers must allow vectors
+    x.lanes = r.lanes;
+    x.chunks = r.chunks;
+    x.full = r.full;
+  } else {
+    const int words = std::max(r.smem_words_per_team, x.smem_words_per_team);
+    ForwardPath path;
+    int vpt;
+    general_rows(&path, &vpt, &plan.shape, p.router.T, p.router.E, words, t);
+    plan.shape.pdl = r.shape.pdl;
+    plan.router.smem_words_per_team = x.smem_words_per_team = words;
+  }
+  plan.fused = true;
+  return plan;
+}
+
+inline void describe(const PairForwardPlan& plan, PlanText& out) {
+  static const char* const kPaths[] = {"team_rows", "wide_rows", "warp_rows", "block_rows"};
+  out.add("fused=%d aux_path=%s aux_lanes=%d aux_chunks=%d aux_vec=%d", (int)plan.fused, kPaths[(int)plan.aux.path],
+          plan.aux.lanes, plan.aux.chunks, (int)plan.aux.vec);
+  describe(plan.router, out);
+  if (plan.fused) out.add("pair_blocks=%lld pair_smem_bytes=%zu", (long long)plan.shape.blocks, plan.shape.smem_bytes);
+}
+
 // ---- backward -----------------------------------------------------------------------------------
 
 struct BackwardProblem {
@@ -285,6 +338,14 @@ template <typename T>
 cudaError_t launch_aux_forward(const ForwardPlan& plan, const ForwardParams& a, cudaStream_t stream);
 template <typename T>
 cudaError_t launch_aux_backward(const BackwardPlan& plan, const BackwardParams& a, cudaStream_t stream);
+// The router and the aux-loss scores in one call (router_aux_f32.cu, ...): `a` the router's
+// parameters, `b` the aux scores'.
+template <typename T>
+cudaError_t launch_pair_forward(const PairForwardPlan& plan, const ForwardParams& a, const ForwardParams& b,
+                                cudaStream_t stream);
+template <typename T>
+cudaError_t launch_pair_backward(const BackwardPlan& plan, const BackwardParams& a, const BackwardParams& b,
+                                 cudaStream_t stream);
 
 }  // namespace router
 }  // namespace moekit

@@ -19,6 +19,8 @@ __all__ = [
     "aux_loss_forward",
     "aux_loss_backward",
     "aux_loss_workspace_size",
+    "router_aux_forward",
+    "router_aux_backward",
     "silu_mul_quant_fp8",
     "quant_fp8",
     "shared_expert_gate_",
@@ -73,6 +75,8 @@ _LAZY_OPS = {
     "aux_loss_forward": "aux",
     "aux_loss_backward": "aux",
     "aux_loss_workspace_size": "aux",
+    "router_aux_forward": "router_aux",
+    "router_aux_backward": "router_aux",
     "silu_mul_quant_fp8": "quant",
     "quant_fp8": "quant",
     "shared_expert_gate_": "epilogue",
@@ -85,7 +89,7 @@ _LAZY_OPS = {
 }
 
 
-_SUBMODULES = ("reference", "router", "aux", "quant", "epilogue", "routing")
+_SUBMODULES = ("reference", "router", "aux", "router_aux", "quant", "epilogue", "routing")
 
 
 def __getattr__(name):

@@ -92,6 +92,32 @@ PROTOTYPES = {
             _float, _ptr, _stream,  # scaling_factor, grad_logits, stream
         ),
     ),
+    "moekit_router_aux_forward": (
+        _enum,
+        (
+            _ptr, _enum, _i64, _i64,  # logits, logits_dtype, num_tokens, num_experts
+            _i64, _enum, _int,  # topk, score_function, use_pre_softmax
+            _i64, _i64, _float,  # num_groups, group_topk, scaling_factor
+            _ptr, _enum,  # expert_bias, bias_dtype
+            _ptr, _ptr, _enum,  # probs, routing_map, map_format
+            _ptr, _enum,  # topk_indices, index_dtype
+            _ptr,  # intermediate
+            _ptr, _ptr, _enum,  # aux_scores, aux_routing_map, aux_map_format
+            _ptr, _stream,  # aux_intermediate, stream
+        ),
+    ),
+    "moekit_router_aux_backward": (
+        _enum,
+        (
+            _ptr, _enum, _i64, _i64,  # grad_probs, grad_dtype, num_tokens, num_experts
+            _ptr,  # intermediate
+            _ptr, _enum,  # routing_map, map_format
+            _ptr, _enum,  # topk_indices, index_dtype
+            _i64, _enum, _int,  # topk, score_function, use_pre_softmax
+            _float, _ptr, _ptr,  # scaling_factor, grad_aux_scores, aux_intermediate
+            _ptr, _stream,  # grad_logits, stream
+        ),
+    ),
     "moekit_aux_scores_forward": (
         _enum,
         (

@@ -56,20 +56,29 @@ def aux_scores_forward(logits, topk, *, score_function="softmax", map_format="by
         out = (None, None, None)
     elif not isinstance(out, (tuple, list)) or len(out) != 3:
         raise ValueError("out must be a tuple (scores, routing_map, intermediate)")
-    scores, scores_array = output(out[0], "out[0] (scores)", x, "logits", x.shape, "float32")
+    results, args = scores_outputs(x, map_format, map_code, out, ("scores", "routing_map", "intermediate"), 0)
+    status = launch(
+        x.framework, x.device_id, stream, lib.moekit_aux_scores_forward,
+        x.ptr, MOEKIT_DTYPES[x.dtype], num_tokens, num_experts, topk, score_code, *args, stream,
+    )  # fmt: skip
+    _lib.check(status)
+    return results
+
+
+def scores_outputs(x, map_format, map_code, out, names, first):
+    """The aux scores' outputs for logits x (out[first:first + 3] where given) -> ((scores, routing_map,
+    intermediate), their C arguments (scores, routing_map, map_format, intermediate))."""
+    num_tokens, num_experts = x.shape
+    scores, scores_array = output(out[first], f"out[{first}] ({names[0]})", x, "logits", x.shape, "float32")
     if map_format == "bitmap":
         map_shape, map_dtype, accepted = (num_tokens, (num_experts + 7) // 8), "uint8", ("uint8",)
     else:
         map_shape, map_dtype, accepted = x.shape, "bool", ("bool", "uint8")
-    routing_map, map_array = output(out[1], "out[1] (routing_map)", x, "logits", map_shape, map_dtype, accepted)
-    intermediate, intermediate_array = output(out[2], "out[2] (intermediate)", x, "logits", x.shape, "float32")
-    status = launch(
-        x.framework, x.device_id, stream, lib.moekit_aux_scores_forward,
-        x.ptr, MOEKIT_DTYPES[x.dtype], num_tokens, num_experts, topk, score_code,
-        scores_array.ptr, map_array.ptr, map_code, intermediate_array.ptr, stream,
-    )  # fmt: skip
-    _lib.check(status)
-    return scores, routing_map, intermediate
+    routing_map, map_array = output(out[first + 1], f"out[{first + 1}] ({names[1]})", x, "logits", map_shape,
+                                    map_dtype, accepted)
+    intermediate, intermediate_array = output(out[first + 2], f"out[{first + 2}] ({names[2]})", x, "logits", x.shape,
+                                              "float32")
+    return (scores, routing_map, intermediate), (scores_array.ptr, map_array.ptr, map_code, intermediate_array.ptr)
 
 
 def aux_scores_backward(grad_scores, intermediate, *, score_function, out_dtype="float32", out=None, stream=None):

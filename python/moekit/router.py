@@ -45,6 +45,62 @@ def _selection_layout(map_format, num_tokens, num_experts, topk, index_dtype):
     return (num_tokens, num_experts), "bool", _MAP_DTYPES
 
 
+class _Forward:
+    """router_topk_forward's checked arguments and outputs (shared with router_aux_forward)."""
+
+    def __init__(self, logits, topk, score_function, use_pre_softmax, num_groups, group_topk, scaling_factor,
+                 expert_bias, map_format, index_dtype, out, stream, n_out=3):
+        self.score_code = choice(score_function, "score_function", SCORE_FUNCTIONS)
+        self.map_code = choice(map_format, "map_format", _MAP_FORMATS)
+        index_dtype = choice(index_dtype, "index_dtype", _INDEX_DTYPES)
+        self.topk = int64_arg(topk, "topk")
+        self.num_groups = int64_arg(num_groups, "num_groups")
+        self.group_topk = int64_arg(group_topk, "group_topk")
+        self.scaling_factor = float_arg(scaling_factor, "scaling_factor")
+        self.use_pre_softmax = bool(use_pre_softmax)
+        self.index_dtype = index_dtype
+
+        x = self.x = as_device_array(logits, "logits")
+        require(x, "logits", (None, None), FLOAT_DTYPES)
+        self.num_tokens, self.num_experts = x.shape
+        self.stream = stream_handle(stream, x)
+        self.bias = None
+        if expert_bias is not None:
+            self.bias = input_like(expert_bias, "expert_bias", x, "logits", (self.num_experts,), FLOAT_DTYPES)
+
+        if out is None:
+            out = (None,) * n_out
+        elif not isinstance(out, (tuple, list)) or len(out) != n_out:
+            names = "probs, routing_map_or_indices, intermediate" + (
+                ", aux_scores, aux_routing_map, aux_intermediate" if n_out == 6 else "")
+            raise ValueError(f"out must be a tuple ({names})")
+        self.out = out
+        self.probs, probs_array = output(out[0], "out[0] (probs)", x, "logits", x.shape, x.dtype)
+        shape, dtype, accepted = _selection_layout(map_format, self.num_tokens, self.num_experts, self.topk,
+                                                   index_dtype)
+        self.selection, selection_array = output(
+            out[1], "out[1] (routing_map_or_indices)", x, "logits", shape, dtype, accepted
+        )
+        self.intermediate, intermediate_array = output(
+            out[2], "out[2] (intermediate)", x, "logits", x.shape, "float32"
+        )
+        if self.map_code == MapFormat.NONE:
+            map_ptr, indices_ptr = None, selection_array.ptr
+        else:
+            map_ptr, indices_ptr = selection_array.ptr, None
+        # the C arguments from logits to intermediate
+        self.args = (
+            x.ptr, MOEKIT_DTYPES[x.dtype], self.num_tokens, self.num_experts,
+            self.topk, self.score_code, self.use_pre_softmax,
+            self.num_groups, self.group_topk, self.scaling_factor,
+            None if self.bias is None else self.bias.ptr,
+            DType.F32 if self.bias is None else MOEKIT_DTYPES[self.bias.dtype],
+            probs_array.ptr, map_ptr, self.map_code,
+            indices_ptr, MOEKIT_DTYPES[index_dtype],
+            intermediate_array.ptr,
+        )  # fmt: skip
+
+
 def router_topk_forward(
     logits,
     topk,
@@ -69,53 +125,57 @@ def router_topk_forward(
     stream: int handle, framework stream, or object with __cuda_stream__; default: the
     current stream of the logits' framework.
     """
-    score_code = choice(score_function, "score_function", SCORE_FUNCTIONS)
-    map_code = choice(map_format, "map_format", _MAP_FORMATS)
-    index_dtype = choice(index_dtype, "index_dtype", _INDEX_DTYPES)
-    topk = int64_arg(topk, "topk")
-    num_groups = int64_arg(num_groups, "num_groups")
-    group_topk = int64_arg(group_topk, "group_topk")
-    scaling_factor = float_arg(scaling_factor, "scaling_factor")
-
-    x = as_device_array(logits, "logits")
-    require(x, "logits", (None, None), FLOAT_DTYPES)
-    num_tokens, num_experts = x.shape
-    stream = stream_handle(stream, x)
-
-    bias = None
-    if expert_bias is not None:
-        bias = input_like(expert_bias, "expert_bias", x, "logits", (num_experts,), FLOAT_DTYPES)
-
-    if out is None:
-        out = (None, None, None)
-    elif not isinstance(out, (tuple, list)) or len(out) != 3:
-        raise ValueError("out must be a tuple (probs, routing_map_or_indices, intermediate)")
-    probs, probs_array = output(out[0], "out[0] (probs)", x, "logits", x.shape, x.dtype)
-    shape, dtype, accepted = _selection_layout(map_format, num_tokens, num_experts, topk, index_dtype)
-    selection, selection_array = output(
-        out[1], "out[1] (routing_map_or_indices)", x, "logits", shape, dtype, accepted
-    )
-    intermediate, intermediate_array = output(
-        out[2], "out[2] (intermediate)", x, "logits", x.shape, "float32"
-    )
-
-    if map_code == MapFormat.NONE:
-        map_ptr, indices_ptr = None, selection_array.ptr
-    else:
-        map_ptr, indices_ptr = selection_array.ptr, None
-    status = launch(
-        x.framework, x.device_id, stream, lib.moekit_router_topk_forward,
-        x.ptr, MOEKIT_DTYPES[x.dtype], num_tokens, num_experts,
-        topk, score_code, bool(use_pre_softmax),
-        num_groups, group_topk, scaling_factor,
-        None if bias is None else bias.ptr,
-        DType.F32 if bias is None else MOEKIT_DTYPES[bias.dtype],
-        probs_array.ptr, map_ptr, map_code,
-        indices_ptr, MOEKIT_DTYPES[index_dtype],
-        intermediate_array.ptr, stream,
-    )  # fmt: skip
+    f = _Forward(logits, topk, score_function, use_pre_softmax, num_groups, group_topk, scaling_factor,
+                 expert_bias, map_format, index_dtype, out, stream)
+    status = launch(f.x.framework, f.x.device_id, f.stream, lib.moekit_router_topk_forward, *f.args, f.stream)
     _lib.check(status)
-    return probs, selection, intermediate
+    return f.probs, f.selection, f.intermediate
+
+
+class _Backward:
+    """router_topk_backward's checked arguments and output (shared with router_aux_backward)."""
+
+    def __init__(self, grad_probs, intermediate, routing_map_or_indices, topk, score_function, use_pre_softmax,
+                 scaling_factor, map_format, out, stream):
+        score_code = self.score_code = choice(score_function, "score_function", SCORE_FUNCTIONS)
+        map_code = choice(map_format, "map_format", _MAP_FORMATS)
+        topk = int64_arg(topk, "topk")
+        scaling_factor = float_arg(scaling_factor, "scaling_factor")
+
+        grad = self.grad = as_device_array(grad_probs, "grad_probs")
+        require(grad, "grad_probs", (None, None), FLOAT_DTYPES)
+        num_tokens, num_experts = grad.shape
+        self.stream = stream_handle(stream, grad)
+
+        saved = input_like(intermediate, "intermediate", grad, "grad_probs", grad.shape, ("float32",))
+
+        selection = as_device_array(routing_map_or_indices, "routing_map_or_indices")
+        if map_format == "indices":
+            if len(selection.shape) == 2 and selection.shape[0] == num_tokens and selection.shape[1] != topk:
+                raise ValueError(
+                    f"routing_map_or_indices holds {selection.shape[1]} indices per row but topk is {topk}"
+                )
+            require(selection, "routing_map_or_indices", (num_tokens, topk), ("int32", "int64"))
+        else:
+            shape, _, accepted = _selection_layout(map_format, num_tokens, num_experts, topk, None)
+            require(selection, "routing_map_or_indices", shape, accepted)
+        require_same_device(grad, "grad_probs", selection, "routing_map_or_indices")
+
+        self.grad_logits, self.grad_logits_array = output(out, "out", grad, "grad_probs", grad.shape, grad.dtype)
+
+        if map_code == MapFormat.NONE:
+            map_ptr, indices_ptr, index_code = None, selection.ptr, MOEKIT_DTYPES[selection.dtype]
+        else:
+            map_ptr, indices_ptr, index_code = selection.ptr, None, DType.I32
+        # the C arguments from grad_probs to scaling_factor
+        self.args = (
+            grad.ptr, MOEKIT_DTYPES[grad.dtype], num_tokens, num_experts,
+            saved.ptr,
+            map_ptr, map_code,
+            indices_ptr, index_code,
+            topk, score_code, bool(use_pre_softmax),
+            scaling_factor,
+        )  # fmt: skip
 
 
 def router_topk_backward(
@@ -134,44 +194,9 @@ def router_topk_backward(
     """Gradient of router_topk_forward's probs w.r.t. the logits -> grad_logits [T, E] in
     grad_probs' dtype. Takes the forward's intermediate and its routing map or indices, with the
     same options. out: an optional [T, E] array to write into."""
-    score_code = choice(score_function, "score_function", SCORE_FUNCTIONS)
-    map_code = choice(map_format, "map_format", _MAP_FORMATS)
-    topk = int64_arg(topk, "topk")
-    scaling_factor = float_arg(scaling_factor, "scaling_factor")
-
-    grad = as_device_array(grad_probs, "grad_probs")
-    require(grad, "grad_probs", (None, None), FLOAT_DTYPES)
-    num_tokens, num_experts = grad.shape
-    stream = stream_handle(stream, grad)
-
-    saved = input_like(intermediate, "intermediate", grad, "grad_probs", grad.shape, ("float32",))
-
-    selection = as_device_array(routing_map_or_indices, "routing_map_or_indices")
-    if map_format == "indices":
-        if len(selection.shape) == 2 and selection.shape[0] == num_tokens and selection.shape[1] != topk:
-            raise ValueError(
-                f"routing_map_or_indices holds {selection.shape[1]} indices per row but topk is {topk}"
-            )
-        require(selection, "routing_map_or_indices", (num_tokens, topk), ("int32", "int64"))
-    else:
-        shape, _, accepted = _selection_layout(map_format, num_tokens, num_experts, topk, None)
-        require(selection, "routing_map_or_indices", shape, accepted)
-    require_same_device(grad, "grad_probs", selection, "routing_map_or_indices")
-
-    grad_logits, grad_logits_array = output(out, "out", grad, "grad_probs", grad.shape, grad.dtype)
-
-    if map_code == MapFormat.NONE:
-        map_ptr, indices_ptr, index_code = None, selection.ptr, MOEKIT_DTYPES[selection.dtype]
-    else:
-        map_ptr, indices_ptr, index_code = selection.ptr, None, DType.I32
-    status = launch(
-        grad.framework, grad.device_id, stream, lib.moekit_router_topk_backward,
-        grad.ptr, MOEKIT_DTYPES[grad.dtype], num_tokens, num_experts,
-        saved.ptr,
-        map_ptr, map_code,
-        indices_ptr, index_code,
-        topk, score_code, bool(use_pre_softmax),
-        scaling_factor, grad_logits_array.ptr, stream,
-    )  # fmt: skip
+    b = _Backward(grad_probs, intermediate, routing_map_or_indices, topk, score_function, use_pre_softmax,
+                  scaling_factor, map_format, out, stream)
+    status = launch(b.grad.framework, b.grad.device_id, b.stream, lib.moekit_router_topk_backward, *b.args,
+                    b.grad_logits_array.ptr, b.stream)
     _lib.check(status)
-    return grad_logits
+    return b.grad_logits

@@ -21,7 +21,7 @@ from ._torch_ffn import add_rmsnorm_, quant_fp8, rmsnorm, shared_expert_gate_, s
 from ._torch_routing import grouped_topk  # noqa: E402 - serving engines' names (vLLM / sglang)
 
 __all__ = ["fused_topk_with_score_function", "fused_compute_score_for_moe_aux_loss", "fused_moe_aux_loss",
-           "grouped_topk", "silu_mul_quant_fp8", "quant_fp8", "shared_expert_gate_", "add_rmsnorm_", "rmsnorm"]
+           "fused_topk_and_score_for_moe_aux_loss", "grouped_topk", "silu_mul_quant_fp8", "quant_fp8", "shared_expert_gate_", "add_rmsnorm_", "rmsnorm"]
 
 _FLOAT_DTYPES = {torch.float32: DType.F32, torch.float16: DType.F16, torch.bfloat16: DType.BF16}
 
@@ -36,6 +36,22 @@ def _float_cuda_2d(tensor, name):
     if dtype is None:
         raise ValueError(f"{name} must be float32, float16 or bfloat16, got {tensor.dtype}")
     return tensor.contiguous(), dtype
+
+
+def _bias_arg(expert_bias, logits):
+    """-> (the bias kept alive, its pointer, its moekit dtype); (None, None, F32) without one."""
+    if expert_bias is None:
+        return None, None, DType.F32
+    num_experts = logits.shape[1]
+    if expert_bias.device != logits.device:
+        raise ValueError(f"expert_bias is on {expert_bias.device} but logits on {logits.device}")
+    if expert_bias.shape != (num_experts,):
+        raise ValueError(f"expert_bias must have shape [{num_experts}], got {list(expert_bias.shape)}")
+    bias_dtype = _FLOAT_DTYPES.get(expert_bias.dtype)
+    if bias_dtype is None:
+        raise ValueError(f"expert_bias must be float32, float16 or bfloat16, got {expert_bias.dtype}")
+    expert_bias = expert_bias.contiguous()
+    return expert_bias, expert_bias.data_ptr(), bias_dtype
 
 
 @torch.library.custom_op("moekit::router_topk_forward", mutates_args=())
@@ -53,17 +69,7 @@ def router_topk_forward(
     score_code = choice(score_function, "score_function", SCORE_FUNCTIONS)
     logits, logits_dtype = _float_cuda_2d(logits, "logits")
     num_tokens, num_experts = logits.shape
-    bias_ptr, bias_dtype = None, DType.F32
-    if expert_bias is not None:
-        if expert_bias.device != logits.device:
-            raise ValueError(f"expert_bias is on {expert_bias.device} but logits on {logits.device}")
-        if expert_bias.shape != (num_experts,):
-            raise ValueError(f"expert_bias must have shape [{num_experts}], got {list(expert_bias.shape)}")
-        bias_dtype = _FLOAT_DTYPES.get(expert_bias.dtype)
-        if bias_dtype is None:
-            raise ValueError(f"expert_bias must be float32, float16 or bfloat16, got {expert_bias.dtype}")
-        expert_bias = expert_bias.contiguous()
-        bias_ptr = expert_bias.data_ptr()
+    expert_bias, bias_ptr, bias_dtype = _bias_arg(expert_bias, logits)
     probs = torch.empty_like(logits)
     routing_map = torch.empty((num_tokens, num_experts), dtype=torch.bool, device=logits.device)
     intermediate = torch.empty((num_tokens, num_experts), dtype=torch.float32, device=logits.device)
@@ -439,3 +445,7 @@ def fused_moe_aux_loss(
         loss, _ = aux_loss_forward(probs, tokens_per_expert, int(total_num_tokens), None, num_experts, topk,
                                    float(coeff))
     return loss
+
+
+# The router and the aux-loss scores in one op (after the single ops: it uses their backwards).
+from ._torch_router_aux import fused_topk_and_score_for_moe_aux_loss  # noqa: E402

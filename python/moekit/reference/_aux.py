@@ -14,10 +14,13 @@ from ._router import (
     _sigmoid,
     _softmax,
     _sqrtsoftplus,
+    router_topk_backward,
+    router_topk_forward,
     topk_order,
 )
 
-__all__ = ["aux_scores_forward", "aux_scores_backward", "aux_loss_forward", "aux_loss_backward"]
+__all__ = ["aux_scores_forward", "aux_scores_backward", "aux_loss_forward", "aux_loss_backward",
+           "router_aux_forward", "router_aux_backward"]
 
 AUX_MAP_FORMATS = ("bytemap", "bitmap")
 
@@ -70,6 +73,27 @@ def aux_scores_backward(grad_scores, intermediate, *, score_function, out_dtype=
             return h * values * (1.0 - values)
         slope = np.where(saved > SOFTPLUS_LINEAR_ABOVE, 1.0, _sigmoid(saved))
         return h * slope / (2.0 * values + EPS)
+
+
+def router_aux_forward(logits, topk, *, score_function="softmax", use_pre_softmax=False, num_groups=0,
+                       group_topk=0, scaling_factor=1.0, expert_bias=None, map_format="bytemap",
+                       index_dtype="int32", aux_map_format="bytemap"):
+    """The router and the aux-loss scores of the same logits, topk and score function: the six outputs
+    of router_topk_forward and aux_scores_forward."""
+    router = router_topk_forward(logits, topk, score_function=score_function, use_pre_softmax=use_pre_softmax,
+                                 num_groups=num_groups, group_topk=group_topk, scaling_factor=scaling_factor,
+                                 expert_bias=expert_bias, map_format=map_format, index_dtype=index_dtype)
+    aux = aux_scores_forward(logits, topk, score_function=score_function, map_format=aux_map_format)
+    return (*router, *aux)
+
+
+def router_aux_backward(grad_probs, intermediate, routing_map_or_indices, grad_aux_scores, aux_intermediate, topk, *,
+                        score_function, use_pre_softmax=False, scaling_factor=1.0, map_format="bytemap"):
+    """grad_logits float64: the router's backward plus the aux-loss scores' backward."""
+    return router_topk_backward(grad_probs, intermediate, routing_map_or_indices, topk, score_function=score_function,
+                                use_pre_softmax=use_pre_softmax, scaling_factor=scaling_factor,
+                                map_format=map_format) + \
+        aux_scores_backward(grad_aux_scores, aux_intermediate, score_function=score_function)
 
 
 def _aux_loss_options(num_cols, total_num_tokens, num_experts, topk):

@@ -1,0 +1,12 @@
+// The router + aux-scores pair's launch switch (launch.cuh) instantiated for __half logits: apart from
+// the single ops' instantiations, so that the build compiles them in parallel.
+#include "router/launch.cuh"
+
+namespace moekit {
+namespace router {
+template cudaError_t launch_pair_forward<__half>(const PairForwardPlan&, const ForwardParams&, const ForwardParams&,
+                                               cudaStream_t);
+template cudaError_t launch_pair_backward<__half>(const BackwardPlan&, const BackwardParams&, const BackwardParams&,
+                                                cudaStream_t);
+}  // namespace router
+}  // namespace moekit
