@@ -8,8 +8,13 @@ Fewest bytes each op must move:
   aux scores backward  read grad_scores and intermediate (f32), write grad_logits: T*E*(8+d)
   aux loss forward     read probs R*C*d (and tokens_per_expert)
   aux loss backward    write grad_probs R*C*d
+  router + aux pair    forward: read logits T*E*d; write probs (d), intermediate, aux scores, aux
+                       intermediate (f32) and two bytemaps: T*E*(2d+14); backward: read grad_probs (d),
+                       intermediate, grad_aux_scores, aux intermediate (f32) and the bytemap, write
+                       grad_logits (d): T*E*(2d+13). Its peer is the two single calls (and an add of
+                       the two gradients), what a Megatron router runs without the pair.
 
-  python bench/aux_loss.py [--quick] [--no-compile] [--out DIR]
+  python bench/aux_loss.py [--quick] [--no-compile] [--pairs-only] [--out DIR]
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import _common as C  # noqa: E402
 FAMILY = "aux_loss"
 TOKENS = (8192, 65536)
 ROWS = ((128, "softmax"), (256, "sigmoid"), (1024, "softmax"))  # (E, score), K = 8
+PAIR_ROWS = ((128, "softmax"), (256, "sigmoid"))
 K, COEFF = 8, 1e-2
 
 
@@ -51,8 +57,44 @@ def cell(torch, moekit, name, bytes_, fns, make_inputs, ceiling, l2):
     return C.summarize(row, name, bytes_, ceiling)
 
 
+def pair_cells(torch, moekit, T, E, score, ceiling, l2):
+    """The router + aux-scores pair (moekit.router_aux_forward / _backward) against the two single calls."""
+    d = 2  # bf16 logits
+
+    def new_logits():
+        return (torch.randn(T, E, device="cuda") * 2).to(torch.bfloat16),
+
+    def pair_fwd(x):
+        return moekit.router_aux_forward(x, K, score_function=score)
+
+    def two_fwd(x):
+        return moekit.router_topk_forward(x, K, score_function=score), moekit.aux_scores_forward(
+            x, K, score_function=score)
+
+    fwd = cell(torch, moekit, f"pair fwd T={T} E={E} {score}", T * E * (2 * d + 14),
+               {"moekit": pair_fwd, "two calls": two_fwd}, new_logits, ceiling, l2)
+
+    def new_grads():
+        x = (torch.randn(T, E, device="cuda") * 2).to(torch.bfloat16)
+        _, routing_map, inter, _, _, aux_inter = moekit.router_aux_forward(x, K, score_function=score)
+        return torch.randn_like(x), inter, routing_map, torch.randn(T, E, device="cuda"), aux_inter
+
+    def pair_bwd(g, inter, routing_map, g_aux, aux_inter):
+        return moekit.router_aux_backward(g, inter, routing_map, g_aux, aux_inter, K, score_function=score)
+
+    def two_bwd(g, inter, routing_map, g_aux, aux_inter):  # what autograd runs for the two single ops
+        return moekit.router_topk_backward(g, inter, routing_map, K, score_function=score) + \
+            moekit.aux_scores_backward(g_aux, aux_inter, score_function=score, out_dtype="bfloat16")
+
+    bwd = cell(torch, moekit, f"pair bwd T={T} E={E} {score}", T * E * (2 * d + 13),
+               {"moekit": pair_bwd, "two calls": two_bwd}, new_grads, ceiling, l2)
+    return [fwd, bwd]
+
+
 def main(argv=None):
-    args = C.family_parser(__doc__).parse_args(argv)
+    parser = C.family_parser(__doc__)
+    parser.add_argument("--pairs-only", action="store_true", help="only the router + aux-scores pair's cells")
+    args = parser.parse_args(argv)
     torch = C.import_torch()
     moekit = C.require_moekit()
 
@@ -63,7 +105,7 @@ def main(argv=None):
     records = []
     tokens = TOKENS[:1] if args.quick else TOKENS
     for T in tokens:
-        for E, score in ROWS:
+        for E, score in () if args.pairs_only else ROWS:
             d = 2  # bf16 logits
 
             def new_logits():
@@ -141,16 +183,20 @@ def main(argv=None):
             records.append(cell(torch, moekit, f"loss bwd R={T} C={C_} f32", T * C_ * 4, fns, new_tokens,
                                 ceiling["gbs"], l2))
 
-    headers = ["cell", "moekit us", "GB/s", "% copy", "eager us", "compile us", "x eager", "x compile"]
+    for T in tokens:
+        for E, score in PAIR_ROWS:
+            records += pair_cells(torch, moekit, T, E, score, ceiling["gbs"], l2)
+
+    headers = ["cell", "moekit us", "GB/s", "% copy", "eager us", "compile us", "two calls us", "x eager",
+               "x compile", "x two calls"]
     table = []
     for r in records:
         t = r["timings"]
         mk = t.get("moekit", {}).get("us")
-        eg = t.get("torch eager", {}).get("us")
-        cp = t.get("torch.compile", {}).get("us")
+        peers = [t.get(p, {}).get("us") for p in ("torch eager", "torch.compile", "two calls")]
         table.append([r["cell"], C.fmt_num(mk, 2), C.fmt_num(r["gbs"], 0), C.fmt_num(r["pct_copy"]),
-                      C.fmt_num(eg, 2), C.fmt_num(cp, 2), C.fmt_num(eg / mk if mk and eg else None, 2) + "x",
-                      C.fmt_num(cp / mk if mk and cp else None, 2) + "x"])
+                      *(C.fmt_num(us, 2) for us in peers),
+                      *(C.fmt_num(us / mk if mk and us else None, 2) + "x" for us in peers)])
     print(f"\naux loss family, {C.device_info(torch, moekit).get('name', '?')}, copy ceiling {ceiling['gbs']:.0f} GB/s")
     print(C.format_table(headers, table))
     C.write_json(args.out, FAMILY, {"device": C.device_info(torch, moekit), "copy_ceiling": ceiling,
