@@ -28,6 +28,15 @@ def test_single_gpu_layer():
     assert "rank 0: check ok" in out, out
 
 
+@pytest.mark.gpu
+def test_two_ranks_sharing_one_gpu_over_gloo():
+    # what one GPU allows of the multi-process path: two ranks, the collectives over gloo
+    out = _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(EXAMPLE),
+                "--backend", "gloo", "--check", "--tokens", "2048"])
+    for rank in range(2):
+        assert f"rank {rank}: check ok" in out, out
+
+
 def _gpus():
     try:
         import torch

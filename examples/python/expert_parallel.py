@@ -7,6 +7,8 @@ and the global token count passed as a device scalar.
 
     torchrun --nproc-per-node 2 examples/python/expert_parallel.py [--check]
     python examples/python/expert_parallel.py            # one process: the single-GPU layer
+    torchrun --nproc-per-node 2 examples/python/expert_parallel.py --backend gloo --check
+                                # ranks sharing GPUs (fewer GPUs than ranks): collectives over gloo
 
 --check recomputes the whole batch on one GPU in every rank (same seed, same weights) and compares:
 the same expert ids, the same per-expert token sets, outputs within bf16 tolerance, the aux loss
@@ -65,6 +67,38 @@ def experts(rows, ids, w1, w2, expert_map, local_experts):
     return out, token_sets
 
 
+_COMM = {"backend": "nccl"}
+
+
+def _collective(op, out, inp, *splits):
+    """dist op on CUDA tensors; over gloo (ranks sharing a GPU, which NCCL refuses) through host copies."""
+    gloo = _COMM["backend"] == "gloo"
+    target = out.cpu() if gloo else out
+    if inp is None:
+        op(target)
+    else:
+        op(target, inp.cpu() if gloo else inp, *splits)
+    if gloo:
+        out.copy_(target)
+
+
+def all_to_all(out, inp, *splits):
+    _collective(dist.all_to_all_single, out, inp, *splits)
+
+
+def all_reduce(t):
+    _collective(dist.all_reduce, t, None)
+
+
+def all_gather(parts, t):
+    if _COMM["backend"] == "nccl":
+        return dist.all_gather(parts, t)
+    host = [part.cpu() for part in parts]
+    dist.all_gather(host, t.cpu())
+    for part, h in zip(parts, host):
+        part.copy_(h)
+
+
 def moe_layer(x, p, rank, world):
     """The layer on this rank's tokens x [T, D] -> (y [T, D], ids [T, K], the router logits, and
     {global expert id: the global token indices it served, in moe_align's order})."""
@@ -80,14 +114,14 @@ def moe_layer(x, p, rank, world):
     send_counts = torch.bincount(dest, minlength=world)
     if world > 1:
         recv_counts = torch.empty_like(send_counts)
-        dist.all_to_all_single(recv_counts, send_counts)
+        all_to_all(recv_counts, send_counts)
         splits_out, splits_in = send_counts.tolist(), recv_counts.tolist()
         recv_rows = x.new_empty(sum(splits_in), D)
         recv_ids = pair_ids.new_empty(sum(splits_in))
-        dist.all_to_all_single(recv_rows, send_rows, splits_in, splits_out)
-        dist.all_to_all_single(recv_ids, send_ids, splits_in, splits_out)
+        all_to_all(recv_rows, send_rows, splits_in, splits_out)
+        all_to_all(recv_ids, send_ids, splits_in, splits_out)
         recv_pairs = torch.empty_like(recv_ids)
-        dist.all_to_all_single(recv_pairs, send_pairs, splits_in, splits_out)
+        all_to_all(recv_pairs, send_pairs, splits_in, splits_out)
     else:
         recv_rows, recv_ids, recv_pairs = send_rows, send_ids, send_pairs
     expert_map = torch.full((E,), -1, dtype=torch.int32, device=x.device)
@@ -96,7 +130,7 @@ def moe_layer(x, p, rank, world):
                                  p["w2"][rank * local:(rank + 1) * local], expert_map, local)
     if world > 1:
         y_sent = torch.empty_like(send_rows)
-        dist.all_to_all_single(y_sent, y_recv, splits_out, splits_in)
+        all_to_all(y_sent, y_recv, splits_out, splits_in)
     else:
         y_sent = y_recv
     y_pairs = torch.empty_like(y_sent)
@@ -113,10 +147,10 @@ def aux_loss(logits, world):
     tokens_per_expert = routing_map.sum(0, dtype=torch.int64)
     total = torch.tensor([logits.shape[0]], dtype=torch.int64, device=logits.device)
     if world > 1:
-        dist.all_reduce(tokens_per_expert)
-        dist.all_reduce(total)
+        all_reduce(tokens_per_expert)
+        all_reduce(total)
         gathered = [torch.empty_like(scores) for _ in range(world)]
-        dist.all_gather(gathered, scores)
+        all_gather(gathered, scores)
         all_scores = torch.cat(gathered)
     else:
         all_scores = scores
@@ -131,12 +165,15 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokens", type=int, default=4096, help="the whole batch (split over the ranks)")
     ap.add_argument("--check", action="store_true")
+    ap.add_argument("--backend", choices=("nccl", "gloo"), default="nccl",
+                    help="gloo: ranks may share a GPU (the collectives go through host copies)")
     args = ap.parse_args()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
-    torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+    _COMM["backend"] = args.backend
     if world > 1:
-        dist.init_process_group("nccl")
+        dist.init_process_group(args.backend)
     assert E % world == 0 and args.tokens % world == 0
     p = make_problem(args.tokens)
     T = args.tokens // world
