@@ -139,6 +139,39 @@ def aux_cases(label):
     return failures
 
 
+PAIR_CASES = [  # (T, E, K, score, pre, map_format, dtype): fused team, warp and block rows, two launches
+    (37, 128, 8, "softmax", False, "bytemap", torch.bfloat16),
+    (21, 100, 6, "sigmoid", False, "indices", torch.float32),
+    (9, 1024, 8, "sqrtsoftplus", False, "bitmap", torch.float16),
+    (3, 5000, 16, "softmax", True, "bytemap", torch.float32),
+    (6, 512, 22, "softmax", False, "indices", torch.bfloat16),
+]
+
+
+def pair_cases(label):
+    """The router + aux-scores pair: the single ops' bits forward, the oracle's sum backward."""
+    failures = 0
+    for T, E, K, score, pre, fmt, dt in PAIR_CASES:
+        x = (torch.randn(T, E, device="cuda") * 2).to(dt)
+        got = moekit.router_aux_forward(x, K, score_function=score, use_pre_softmax=pre, map_format=fmt)
+        want = (*moekit.router_topk_forward(x, K, score_function=score, use_pre_softmax=pre, map_format=fmt),
+                *moekit.aux_scores_forward(x, K, score_function=score))
+        g, g_aux = torch.randn(T, E, device="cuda").to(dt), torch.randn(T, E, device="cuda")
+        dx = moekit.router_aux_backward(g, got[2], got[1], g_aux, got[5], K, score_function=score,
+                                        use_pre_softmax=pre, map_format=fmt)
+        torch.cuda.synchronize()
+        same = all(torch.equal(a.view(torch.uint8), b.view(torch.uint8)) for a, b in zip(got, want))
+        rdx = reference.router_aux_backward(g.float().cpu().numpy(), got[2].cpu().numpy(), got[1].cpu().numpy(),
+                                            g_aux.cpu().numpy(), got[5].cpu().numpy(), K, score_function=score,
+                                            use_pre_softmax=pre, map_format=fmt)
+        edx = rel_err(dx, rdx)
+        ok = same and edx <= (1e-5 if dt == torch.float32 else 1e-2)
+        print(f"[{label}] router_aux T={T} E={E} K={K} {score}{'-pre' if pre else ''} {fmt} {dt}: "
+              f"{'ok' if ok else 'MISMATCH'} (forward {'same bits' if same else 'DIFFERS'}, grad {edx:.1e})")
+        failures += not ok
+    return failures
+
+
 QUANT_CASES = [  # (T or (E, M), H, group, format, dtype, silu): odd T, G % 4 != 0, masked with empty experts
     (7, 640, 128, "packed_ue8m0", torch.bfloat16, True),
     (37, 160, 32, "col_f32_tma", torch.float32, True),
@@ -284,6 +317,7 @@ def main():
         with tuning(preset):
             failures += router_cases(preset or "defaults")
             failures += aux_cases(preset or "defaults")
+            failures += pair_cases(preset or "defaults")
             if preset is None:  # the presets set router knobs only: the other families run once
                 failures += quant_cases("defaults")
                 failures += epilogue_cases("defaults")
