@@ -51,8 +51,13 @@ def scale_storage_shape(rows, hidden, group_size=128, scale_format="col_f32_tma_
 def _logical(storage, rows):
     """The [.., rows, cols] view with strides (.., 1, Ta) of a [.., cols, Ta] storage."""
     module = type(storage).__module__.split(".")[0]
-    if module == "torch":
-        return storage.transpose(-1, -2)[..., :rows, :]
+    if module == "torch":  # as_strided: an empty storage's own strides are not (.., Ta, 1)
+        *lead, cols, ta = storage.shape
+        strides, step = [1, ta], cols * ta
+        for extent in reversed(lead):
+            strides.insert(0, step)
+            step *= extent
+        return storage.as_strided((*lead, rows, cols), strides, storage.storage_offset())
     if module == "cupy":
         return storage.swapaxes(-1, -2)[..., :rows, :]
     return storage  # JAX: no strided views

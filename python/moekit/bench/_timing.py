@@ -158,6 +158,20 @@ def _time_graph(torch, fn, inputs_list, reps, calls=None):
         torch.cuda.empty_cache()
 
 
+def _syncs(torch, fn, inputs):
+    """Whether fn(*inputs) synchronizes the host with the device (which a CUDA graph cannot capture)."""
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        fn(*inputs)
+        return False
+    except RuntimeError:
+        return True
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
+        torch.cuda.synchronize()
+
+
 def time_fn(fn, inputs_list, *, reps: int = 100, warmup: int = 5, mode: str = "auto",
             graph_calls: int | None = None) -> dict:
     """Time fn(*inputs) rotating over inputs_list; device microseconds per call (median).
@@ -178,6 +192,12 @@ def time_fn(fn, inputs_list, *, reps: int = 100, warmup: int = 5, mode: str = "a
 
     note = ""
     samples = None
+    if mode == "auto" and _syncs(torch, fn, inputs_list[0]):
+        # A failed capture leaves torch's CUDA generator in capture mode (later torch.randn calls fail),
+        # so an op that syncs the host is timed eagerly without trying.
+        note = "syncs the host (boolean indexing, .item(), ...): eager timing"
+        log(f"  note: {note}")
+        mode = "eager"
     if mode in ("auto", "graph"):
         try:
             samples, calls = _time_graph(torch, fn, inputs_list, reps, graph_calls)
