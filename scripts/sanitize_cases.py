@@ -180,7 +180,7 @@ QUANT_CASES = [  # (T or (E, M), H, group, format, dtype, silu): odd T, G % 4 !=
     ((5, 11), 640, 128, "packed_ue8m0", torch.bfloat16, True),
     ((3, 6), 256, 64, "row_f32", torch.float32, True),
 ]
-QUANT_ASYNC_CASES = [  # the cp.async path (quant.async): contiguous, plain, masked
+QUANT_ASYNC_CASES = [  # the cp.async and prefetch paths: contiguous, plain, masked
     (37, 640, 128, "packed_ue8m0", torch.bfloat16, True),
     (5, 256, 32, "col_f32_tma", torch.float32, False),
     ((5, 11), 640, 128, "col_f32_tma_ue8m0", torch.float16, True),
@@ -191,9 +191,10 @@ def quant_cases(label):
     failures = 0
     for T, H, g, fmt, dt, silu in QUANT_CASES:
         failures += quant_case(label, T, H, g, fmt, dt, silu)
-    with tuning({"quant.async": 1}):  # the cp.async path (nested: the presets touch no quant knob)
-        for T, H, g, fmt, dt, silu in QUANT_ASYNC_CASES:
-            failures += quant_case(label + " async", T, H, g, fmt, dt, silu)
+    for knob in ("quant.async", "quant.prefetch"):  # the other load modes (the presets touch no quant knob)
+        with tuning({knob: 1}):
+            for T, H, g, fmt, dt, silu in QUANT_ASYNC_CASES:
+                failures += quant_case(f"{label} {knob}", T, H, g, fmt, dt, silu)
     return failures
 
 

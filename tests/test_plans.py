@@ -219,6 +219,7 @@ QUANT_KNOB_EFFECTS = {
     "quant.blocks_per_sm": (2, dict(T=65536, H=7168), "blocks"),
     "quant.blocks": (7, dict(T=65536, H=7168), "blocks"),
     "quant.async": (1, dict(T=65536, H=7168), "path"),
+    "quant.prefetch": (1, dict(T=65536, H=7168), "path"),
 }
 
 
@@ -438,4 +439,6 @@ def topk_plan(T, E=256, G=8):
 
 def test_grouped_topk_plan_grid():
     assert topk_plan(1)["blocks"] == "1"  # decode: one block, a warp per row
+    assert topk_plan(1)["smem_bytes"] == str(8 * (256 + 8) * 4)  # a row of keys per warp, a pad word per group
+    assert topk_plan(1, E=384, G=1)["smem_bytes"] == "0"
     assert topk_plan(65536)["blocks"] == str(132 * 8)

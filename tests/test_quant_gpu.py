@@ -180,13 +180,15 @@ def test_special_values(silu, fmt, rng):
     _check_contiguous(T, H, "float32", fmt, 128, rng, silu=silu, x_host=x)
 
 
+@pytest.mark.parametrize("mode", ["quant.async", "quant.prefetch"])
 @pytest.mark.parametrize("silu", [True, False])
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
-def test_async_copy_path(dtype, silu, rng):
-    """The cp.async double-buffered path (the A/B of bench/NOTES.md): the same bytes as the reference,
-    contiguous and masked, with grids smaller than the work (each warp takes several items)."""
+def test_load_modes(dtype, silu, mode, rng):
+    """The cp.async double-buffered path and the register prefetch (the A/B of bench/NOTES.md): the
+    same bytes as the reference, contiguous and masked, with grids smaller than the work (each warp
+    takes several items)."""
     for blocks in (0, 5):
-        knobs = {"quant.async": 1, **({"quant.blocks": blocks} if blocks else {})}
+        knobs = {mode: 1, **({"quant.blocks": blocks} if blocks else {})}
         with tuning(knobs):
             _check_contiguous(301, 640, dtype, "packed_ue8m0", 128, rng, silu=silu)
             if silu:

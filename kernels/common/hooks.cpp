@@ -31,6 +31,7 @@ constexpr const char* kKnobs[] = {
     "quant.blocks_per_sm",
     "quant.blocks",
     "quant.async",
+    "quant.prefetch",
     "epilogue.gate_blocks_per_sm",
     "epilogue.norm_min_vpt",
     "epilogue.norm_max_threads",

@@ -72,6 +72,9 @@ __device__ __forceinline__ int64_t row_of(int64_t i, int H) {
   return i <= 0xffffffffLL ? (int64_t)((uint32_t)i / (uint32_t)H) : i / H;
 }
 
+// The gate's sigmoid, the same expression on every path (one per element, or one per token-chunk).
+__device__ __forceinline__ float sigmoid_of(float g) { return 1.0f / (1.0f + expf(-g)); }
+
 template <typename T>
 __global__ void __launch_bounds__(kGateThreads) gate_kernel(const GateParams p) {
   pdl_wait_then_release_next();
@@ -81,18 +84,22 @@ __global__ void __launch_bounds__(kGateThreads) gate_kernel(const GateParams p) 
     float h[kGateVec], s[kGateVec], g[kGateVec];
     load_chunk<T, kGateVec>(static_cast<const T*>(p.hidden), i, p.n, vec, 0.0f, h);
     load_chunk<T, kGateVec>(static_cast<const T*>(p.shared), i, p.n, vec, 0.0f, s);
-    if (p.per_token && vec) {  // a vector chunk lies in one row
-      const float gv = to_float(static_cast<const T*>(p.gate)[row_of(i, p.H)]);
+    if (p.per_token && vec) {  // a vector chunk lies in one row: one sigmoid for the chunk
+      const float gv = sigmoid_of(to_float(static_cast<const T*>(p.gate)[row_of(i, p.H)]));
 #pragma unroll
       for (int k = 0; k < kGateVec; ++k) g[k] = gv;
-    } else if (p.per_token) {
-#pragma unroll
-      for (int k = 0; k < kGateVec; ++k) g[k] = to_float(static_cast<const T*>(p.gate)[row_of(min(i + k, p.n - 1), p.H)]);
     } else {
-      load_chunk<T, kGateVec>(static_cast<const T*>(p.gate), i, p.n, vec, 0.0f, g);
+      if (p.per_token) {
+#pragma unroll
+        for (int k = 0; k < kGateVec; ++k) g[k] = to_float(static_cast<const T*>(p.gate)[row_of(min(i + k, p.n - 1), p.H)]);
+      } else {
+        load_chunk<T, kGateVec>(static_cast<const T*>(p.gate), i, p.n, vec, 0.0f, g);
+      }
+#pragma unroll
+      for (int k = 0; k < kGateVec; ++k) g[k] = sigmoid_of(g[k]);
     }
 #pragma unroll
-    for (int k = 0; k < kGateVec; ++k) h[k] = fmaf(1.0f / (1.0f + expf(-g[k])), s[k], h[k]);
+    for (int k = 0; k < kGateVec; ++k) h[k] = fmaf(g[k], s[k], h[k]);
     store_chunk<T, kGateVec>(static_cast<T*>(p.hidden), i, p.n, vec, h);
   }
 }

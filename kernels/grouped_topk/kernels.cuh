@@ -17,14 +17,17 @@ namespace moekit {
 namespace grouped_topk {
 
 // The group scores: lane g < G sums the two largest keys of group g (its keys read back from the
-// warp's shared row, in the total order); a group of one expert scores its key.
+// warp's shared row, in the total order); a group of one expert scores its key. The row keeps one
+// padding word after each group (expert e at e + e / size), so that the lanes' serial scans of
+// their groups hit distinct banks (stride size + 1, odd for even sizes) instead of one.
 __device__ __forceinline__ uint32_t group_key(const Params& p, const float* row_keys, int lane) {
   if (lane >= p.G) return kAbsentKey;
   const int size = p.E / p.G;
   uint32_t k1 = kAbsentKey, k2 = kAbsentKey;
   float v1 = 0.0f, v2 = 0.0f;
+  const float* group = row_keys + lane * (size + 1);
   for (int i = 0; i < size; ++i) {
-    const float v = row_keys[lane * size + i];
+    const float v = group[i];
     const uint32_t k = order_key(v);
     if (k > k1) {
       k2 = k1, v2 = v1;
@@ -38,10 +41,11 @@ __device__ __forceinline__ uint32_t group_key(const Params& p, const float* row_
 
 template <typename T, int VPL>
 __global__ void __launch_bounds__(kThreads) grouped_topk_kernel(const Params p) {
-  extern __shared__ float shared_keys[];  // [kWarps][E] when G > 1
+  extern __shared__ float shared_keys[];  // [kWarps][E + G] when G > 1 (group_key)
   pdl_wait_then_release_next();
   const int lane = threadIdx.x & 31;
-  float* row_keys = shared_keys + (threadIdx.x >> 5) * p.E;
+  float* row_keys = shared_keys + (threadIdx.x >> 5) * (p.E + p.G);
+  const int group_size = p.G > 1 ? p.E / p.G : 1;
   const int64_t warps = (int64_t)gridDim.x * kWarps;
   for (int64_t row = (int64_t)blockIdx.x * kWarps + (threadIdx.x >> 5); row < p.T; row += warps) {
     const T* x = static_cast<const T*>(p.logits) + row * p.E;
@@ -72,7 +76,7 @@ __global__ void __launch_bounds__(kThreads) grouped_topk_kernel(const Params p) 
       const int e = lane + 32 * j;
       const float k = p.bias != nullptr && e < p.E ? s[j] + load_as_float(p.bias, p.bias_dtype, e) : s[j];
       key[j] = e < p.E ? order_key(k) : kAbsentKey;
-      if (p.G > 1 && e < p.E) row_keys[e] = k;
+      if (p.G > 1 && e < p.E) row_keys[e + e / group_size] = k;
     }
     if (p.G > 1) {
       __syncwarp();
@@ -84,11 +88,10 @@ __global__ void __launch_bounds__(kThreads) grouped_topk_kernel(const Params p) 
         if (lane == (int)w.idx) gk = kAbsentKey;
       }
       __syncwarp();  // every lane is done reading row_keys before the next row writes them
-      const int size = p.E / p.G;
 #pragma unroll
       for (int j = 0; j < VPL; ++j) {
         const int e = lane + 32 * j;
-        if (e < p.E && !((kept >> (e / size)) & 1u)) key[j] = kNegInfKey;  // dropped group: -inf
+        if (e < p.E && !((kept >> (e / group_size)) & 1u)) key[j] = kNegInfKey;  // dropped group: -inf
       }
     }
     // K rounds of warp arg-max; lane r keeps round r's expert and unbiased score.

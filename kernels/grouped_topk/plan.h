@@ -42,7 +42,7 @@ inline Plan plan_grouped_topk(const Problem& p, const DeviceInfo& dev, const Gro
   const int64_t needed = std::max<int64_t>(1, (p.T + kWarps - 1) / kWarps);
   plan.shape.blocks = std::min<int64_t>(needed, (int64_t)std::max(dev.sm_count, 1) * t.blocks_per_sm);
   plan.shape.threads = kThreads;
-  plan.shape.smem_bytes = p.G > 1 ? (size_t)kWarps * p.E * sizeof(float) : 0;
+  plan.shape.smem_bytes = p.G > 1 ? (size_t)kWarps * (p.E + p.G) * sizeof(float) : 0;  // a padded row per warp
   plan.shape.pdl = dev.cc_major >= 9;
   return plan;
 }

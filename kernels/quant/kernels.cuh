@@ -184,7 +184,17 @@ constexpr int stage_vecs() {
   return 32 * 2 * LaneLoad<T>::kVecs;
 }
 
-template <typename T, bool SILU, bool ASYNC>
+// How a warp brings in its work items' inputs (plan.h): plain 16-byte loads, cp.async double
+// buffers in shared memory, or the next item's loads into registers before this item's compute.
+enum LoadMode : int { kLoadPlain = 0, kLoadAsync = 1, kLoadPrefetch = 2 };
+
+template <typename T, bool SILU>
+__device__ __forceinline__ void load_unit(const Params& p, const Unit& u, LaneLoad<T>& a, LaneLoad<T>& b) {
+  a.load(gate_src<T, SILU>(p, u));
+  if constexpr (SILU) b.load(up_src<T>(p, u));
+}
+
+template <typename T, bool SILU, int LOAD>
 __global__ void __launch_bounds__(kThreads) quant_kernel(const Params p) {
   extern __shared__ __align__(16) int64_t prefix[];  // masked: [B + 1]; then (ASYNC) the warps' stages
   pdl_wait_then_release_next();
@@ -195,7 +205,7 @@ __global__ void __launch_bounds__(kThreads) quant_kernel(const Params p) {
   const int64_t warps = (int64_t)gridDim.x * kWarps;
   const int64_t rows = masked ? prefix[p.B] : p.M;
   const int64_t items = rows * p.units;
-  if constexpr (ASYNC) {
+  if constexpr (LOAD == kLoadAsync) {
     // cp.async double buffering: item w + warps is in flight while item w is computed.
     constexpr int kV = LaneLoad<T>::kVecs;
     uint4* stage = reinterpret_cast<uint4*>(prefix + p.prefix_words) + (threadIdx.x >> 5) * 2 * stage_vecs<T>() +
@@ -229,6 +239,22 @@ __global__ void __launch_bounds__(kThreads) quant_kernel(const Params p) {
       u = next;
     }
     async::wait_pending<0>();
+  } else if constexpr (LOAD == kLoadPrefetch) {
+    Unit u = unit_of(p, prefix, masked, warp, lane);
+    LaneLoad<T> a, b;
+    if (warp < items && u.active) load_unit<T, SILU>(p, u, a, b);
+    for (int64_t w = warp; w < items; w += warps) {
+      const Unit next = unit_of(p, prefix, masked, w + warps, lane);
+      LaneLoad<T> na, nb;
+      if (w + warps < items && next.active) load_unit<T, SILU>(p, next, na, nb);
+      float y[kLaneCols];
+      float amax = 0.0f;
+      if (u.active) amax = lane_values<T, SILU>(p, a, b, y);
+      quantize_unit(p, u, lane, y, amax);
+      u = next;
+      a = na;
+      b = nb;
+    }
   } else {
     for (int64_t w = warp; w < items; w += warps) {
       const Unit u = unit_of(p, prefix, masked, w, lane);
@@ -236,8 +262,7 @@ __global__ void __launch_bounds__(kThreads) quant_kernel(const Params p) {
       float amax = 0.0f;
       if (u.active) {
         LaneLoad<T> a, b;
-        a.load(gate_src<T, SILU>(p, u));
-        if constexpr (SILU) b.load(up_src<T>(p, u));
+        load_unit<T, SILU>(p, u, a, b);
         amax = lane_values<T, SILU>(p, a, b, y);
       }
       quantize_unit(p, u, lane, y, amax);

@@ -22,6 +22,9 @@ struct QuantTuning {
   // Inputs through cp.async double buffers in shared memory (include/moekit/async_loader.cuh)
   // instead of plain 16-byte loads: the A/B of issue #19; bench/NOTES.md has the measurement.
   bool async_copy = false;
+  // The next work item's inputs loaded into registers before this one is computed (twice the bytes
+  // in flight per warp at the same occupancy); async_copy wins over it where both are set.
+  bool prefetch = false;
 };
 
 inline QuantTuning quant_tuning() {
@@ -32,6 +35,7 @@ inline QuantTuning quant_tuning() {
   if (o.get("quant.blocks_per_sm", &v) && v > 0) t.blocks_per_sm = (int)std::min<int64_t>(v, 64);
   if (o.get("quant.blocks", &v) && v > 0) t.blocks = v;
   if (o.get("quant.async", &v)) t.async_copy = v != 0;
+  if (o.get("quant.prefetch", &v)) t.prefetch = v != 0;
   return t;
 }
 
@@ -47,6 +51,7 @@ struct Plan {
   bool silu;
   bool masked;
   bool async_copy;
+  bool prefetch;
   int prefix_words;  // int64 words before the async stages
   LaunchShape shape;
 };
@@ -68,6 +73,7 @@ inline Plan plan_quant(const Problem& p, const DeviceInfo& dev, const QuantTunin
   plan.shape.blocks = std::min<int64_t>(t.blocks > 0 ? t.blocks : resident, needed);
   plan.shape.threads = kThreads;
   plan.async_copy = t.async_copy;
+  plan.prefetch = t.prefetch && !t.async_copy;
   plan.prefix_words = p.masked ? (int)((p.B + 2) / 2 * 2) : 0;  // keeps the stages 16-byte aligned
   plan.shape.smem_bytes = (size_t)plan.prefix_words * sizeof(int64_t) + (t.async_copy ? async_stage_bytes(p.dtype) : 0);
   plan.shape.pdl = dev.cc_major >= 9;
@@ -76,7 +82,7 @@ inline Plan plan_quant(const Problem& p, const DeviceInfo& dev, const QuantTunin
 
 inline void describe(const Plan& plan, PlanText& out) {
   out.add("path=%s%s%s threads=%d blocks=%lld smem_bytes=%zu pdl=%d", plan.silu ? "silu_mul_quant" : "quant",
-          plan.masked ? "_masked" : "", plan.async_copy ? "_async" : "", plan.shape.threads, (long long)plan.shape.blocks, plan.shape.smem_bytes,
+          plan.masked ? "_masked" : "", plan.async_copy ? "_async" : plan.prefetch ? "_prefetch" : "", plan.shape.threads, (long long)plan.shape.blocks, plan.shape.smem_bytes,
           (int)plan.shape.pdl);
 }
 

@@ -250,6 +250,14 @@ def copy_ceiling(torch, nbytes: int = 2 * 2**30, reps: int = 20) -> dict:
             "spread_pct": 100.0 * (times_s[-1] - times_s[0]) / t}
 
 
+def launch_floor(torch) -> dict:
+    """The harness's own floor for small cells: one tiny kernel (a 1-element add) per call, timed as
+    every cell is (graph replay over rotated inputs), so that a decode-size cell's microseconds can
+    be read against what a launch alone costs here."""
+    inputs = [(torch.zeros(1, device="cuda"),) for _ in range(64)]
+    return time_fn(lambda x: x.add_(1.0), inputs, reps=50)
+
+
 def floor_us(nbytes: int, bandwidth: float = FLOOR_BANDWIDTH_BYTES_PER_S) -> float:
     return nbytes / bandwidth * 1e6
 

@@ -227,6 +227,7 @@ def run_bench(names=None, *, quick=False, out_dir="moekit-bench", compile_=True,
     progress = Progress(len(cells))
     progress.show("copy ceiling (device-to-device copy of 2 GiB)")
     ceiling = timing.copy_ceiling(torch)
+    floor = timing.launch_floor(torch)
     l2 = timing.l2_bytes(torch)
     records = []
     try:
@@ -242,12 +243,13 @@ def run_bench(names=None, *, quick=False, out_dir="moekit-bench", compile_=True,
 
     headers, rows = _table(records)
     mode = "quick" if quick else "full"
-    print(f"moekit {moekit.__version__} on {info['device']}: copy ceiling {ceiling['gbs']:.0f} GB/s; "
+    print(f"moekit {moekit.__version__} on {info['device']}: copy ceiling {ceiling['gbs']:.0f} GB/s, "
+          f"launch floor {floor['us']:.2f} us (a 1-element kernel per call); "
           f"{len(records)} cells ({mode}{'' if compile_ else ', no torch.compile'}) in {elapsed:.0f} s")
     print(timing.format_table(headers, rows))
     payload = {"command": "moekit bench", "moekit": moekit.__version__, "mode": mode, "torch_compile": compile_,
                "ops": list(names or []), "elapsed_s": round(elapsed, 1), "device": info, "copy_ceiling": ceiling,
-               "skipped": skipped, "records": records, "table": {"headers": headers, "rows": rows}}
+               "skipped": skipped, "launch_floor": floor, "records": records, "table": {"headers": headers, "rows": rows}}
     json_path = timing.write_json(out_dir, OUT_NAME, payload)
     png = None
     if draw:
