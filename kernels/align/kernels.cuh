@@ -15,16 +15,18 @@
 namespace moekit {
 namespace align {
 
-// The local expert of pair i, or -1 when its id is skipped (outside [0, E), or unmapped).
-__device__ __forceinline__ int local_expert(const Params& p, int64_t i) {
+// The id of pair i (-1 past the end).
+__device__ __forceinline__ int64_t pair_id(const Params& p, int64_t i) {
   if (i >= p.pairs) return -1;
-  int64_t id = p.ids_i64 ? static_cast<const int64_t*>(p.ids)[i] : static_cast<const int32_t*>(p.ids)[i];
-  if (p.expert_map != nullptr) {
-    if (id < 0 || id >= p.map_size) return -1;
-    id = p.expert_map[id];
-  }
+  return p.ids_i64 ? static_cast<const int64_t*>(p.ids)[i] : static_cast<const int32_t*>(p.ids)[i];
+}
+
+// The local expert of an id, or -1 when it is skipped (outside [0, E), or unmapped).
+__device__ __forceinline__ int local_of(const Params& p, int64_t id) {
+  if (p.expert_map != nullptr) id = id >= 0 && id < p.map_size ? (int64_t)p.expert_map[id] : -1;
   return id >= 0 && id < p.E ? (int)id : -1;
 }
+
 
 // This thread's kRounds pairs of chunk c: their experts and their ranks among the earlier pairs of
 // the same expert in the warp's share; hist[w * E + e] ends as warp w's count of e.
@@ -32,8 +34,12 @@ __device__ __forceinline__ void chunk_ranks(const Params& p, int64_t c, int* his
                                             int (&rank)[kRounds]) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t first = c * kChunk + (int64_t)warp * kWarpPairs + lane;
+  // every id load of the thread first, then the map: two memory round trips, not one per pair
+  int64_t id[kRounds];
 #pragma unroll
-  for (int r = 0; r < kRounds; ++r) e[r] = local_expert(p, first + r * 32);
+  for (int r = 0; r < kRounds; ++r) id[r] = pair_id(p, first + r * 32);
+#pragma unroll
+  for (int r = 0; r < kRounds; ++r) e[r] = local_of(p, id[r]);
   int* h = hist + warp * p.E;
   const unsigned below = (1u << lane) - 1u;
 #pragma unroll
@@ -154,9 +160,12 @@ __global__ void __launch_bounds__(kThreads) align_count_kernel(const Params p) {
   zero(smem, p.E);
   __syncthreads();
   const int64_t first = blockIdx.x * (int64_t)kChunk + threadIdx.x;
+  int64_t id[kChunk / kThreads];  // the loads first, as in chunk_ranks
+#pragma unroll
+  for (int r = 0; r < kChunk / kThreads; ++r) id[r] = pair_id(p, first + r * kThreads);
 #pragma unroll
   for (int r = 0; r < kChunk / kThreads; ++r) {
-    const int e = local_expert(p, first + r * kThreads);
+    const int e = local_of(p, id[r]);
     if (e >= 0) atomicAdd(&smem[e], 1);  // integer counts: the same result in any order
   }
   __syncthreads();

@@ -46,6 +46,18 @@ __global__ void __launch_bounds__(kThreads) grouped_topk_kernel(const Params p) 
   const int lane = threadIdx.x & 31;
   float* row_keys = shared_keys + (threadIdx.x >> 5) * (p.E + p.G);
   const int group_size = p.G > 1 ? p.E / p.G : 1;
+  // The bias of this lane's experts, once for every row: its loads are issued together, not one
+  // dtype switch (and one dependent load) per expert inside each row's chain.
+  float bias[VPL];
+#pragma unroll
+  for (int j = 0; j < VPL; ++j) bias[j] = 0.0f;
+  if (p.bias != nullptr) {
+#pragma unroll
+    for (int j = 0; j < VPL; ++j) {
+      const int e = min(lane + 32 * j, p.E - 1);
+      bias[j] = load_as_float(p.bias, p.bias_dtype, e);
+    }
+  }
   const int64_t warps = (int64_t)gridDim.x * kWarps;
   for (int64_t row = (int64_t)blockIdx.x * kWarps + (threadIdx.x >> 5); row < p.T; row += warps) {
     const T* x = static_cast<const T*>(p.logits) + row * p.E;
@@ -74,7 +86,7 @@ __global__ void __launch_bounds__(kThreads) grouped_topk_kernel(const Params p) 
 #pragma unroll
     for (int j = 0; j < VPL; ++j) {
       const int e = lane + 32 * j;
-      const float k = p.bias != nullptr && e < p.E ? s[j] + load_as_float(p.bias, p.bias_dtype, e) : s[j];
+      const float k = p.bias != nullptr && e < p.E ? s[j] + bias[j] : s[j];
       key[j] = e < p.E ? order_key(k) : kAbsentKey;
       if (p.G > 1 && e < p.E) row_keys[e + e / group_size] = k;
     }
