@@ -313,11 +313,14 @@ def _megatron_reference(logits, routing_map_router, aux_map, topk, coeff):
     return x, probs, aux
 
 
+@pytest.mark.parametrize("pair", [False, True], ids=["two_calls", "pair"])
 @pytest.mark.parametrize("mode", ["eager", "compile", "graph"])
-def test_megatron_router_example(mode, rng):
+def test_megatron_router_example(mode, pair, rng):
+    import functools
+
     import torch
 
-    megatron_router_step = _example().megatron_router_step
+    megatron_router_step = functools.partial(_example().megatron_router_step, pair=pair)
 
     T, E, K, coeff = 512, 64, 6, 1e-2
     logits = to_device(rng.standard_normal((T, E)).astype(np.float32))

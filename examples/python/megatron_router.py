@@ -3,18 +3,24 @@ the load-balancing aux loss and the backward through all three, run eagerly, und
 torch.compile(fullgraph=True) and replayed as a CUDA graph.
 
 The three calls have TransformerEngine's names and signatures (transformer_engine.pytorch.router),
-so a Megatron user switches by changing the import. Run: python examples/python/megatron_router.py
+so a Megatron user switches by changing the import. The last step does the same with the router and
+the aux-loss scores in one op (fused_topk_and_score_for_moe_aux_loss: one read of the logits, one
+backward pass for both gradients). Run: python examples/python/megatron_router.py
 """
 
 import torch
 
-from moekit.torch import fused_compute_score_for_moe_aux_loss, fused_moe_aux_loss, fused_topk_with_score_function
+from moekit.torch import (fused_compute_score_for_moe_aux_loss, fused_moe_aux_loss,
+                          fused_topk_and_score_for_moe_aux_loss, fused_topk_with_score_function)
 
 
-def megatron_router_step(logits, weight, topk, coeff):
+def megatron_router_step(logits, weight, topk, coeff, pair=False):
     """-> (a scalar to differentiate, probs, routing_map, the aux loss's map, the aux loss)."""
-    probs, routing_map = fused_topk_with_score_function(logits, topk, score_function="softmax")
-    aux_map, scores = fused_compute_score_for_moe_aux_loss(logits, topk, "softmax")
+    if pair:
+        probs, routing_map, scores, aux_map = fused_topk_and_score_for_moe_aux_loss(logits, topk)
+    else:
+        probs, routing_map = fused_topk_with_score_function(logits, topk, score_function="softmax")
+        aux_map, scores = fused_compute_score_for_moe_aux_loss(logits, topk, "softmax")
     tokens_per_expert = aux_map.sum(dim=0)
     aux = fused_moe_aux_loss(scores, tokens_per_expert, logits.shape[0], logits.shape[1], topk, coeff)
     # stands in for the rest of the layer: the expert outputs weighted by probs
@@ -53,6 +59,12 @@ def main():
     graph.replay()
     torch.cuda.synchronize()
     print(f"graph:    aux loss {aux.item():.6f}, same grad: {torch.equal(static_logits.grad, eager_grad)}")
+
+    logits.grad = None
+    total, _, _, _, aux = megatron_router_step(logits, weight, K, coeff, pair=True)
+    total.backward()
+    diff = (logits.grad - eager_grad).abs().max().item() / eager_grad.abs().max().item()
+    print(f"pair:     aux loss {aux.item():.6f}, grad within {diff:.1e} of the two calls' (one rounding fewer)")
 
 
 if __name__ == "__main__":
