@@ -103,32 +103,16 @@ cudaError_t launch_aux_backward(const BackwardPlan& plan, const BackwardParams& 
   return backward_switch<T, true>(plan, a, stream);
 }
 
-// The router and the aux-loss scores in one call: the pair kernels where the plan fused them, else
-// the two launches above.
+// The router and the aux-loss scores in one call, where the plan fused them: the pair kernels (the
+// entry point runs an unfused plan as the two single launches).
 template <typename T>
 cudaError_t launch_pair_forward(const PairForwardPlan& plan, const ForwardParams& a, const ForwardParams& b,
                                 cudaStream_t stream) {
-  if (!plan.fused) {
-    const cudaError_t err = forward_switch<T, false>(plan.router, a, stream);
-    if (err != cudaSuccess) return err;
-    ForwardPlan aux = plan.aux;
-    aux.shape.pdl = plan.shape.pdl;
-    return forward_switch<T, true>(aux, b, stream);
-  }
   const ForwardPlan& r = plan.router;
   switch (r.path) {
     case ForwardPath::kTeamRows: {
-      auto go = [&](auto kind, auto lanes, auto chunks) {
-        constexpr int KIND = decltype(kind)::value, LANES = decltype(lanes)::value, CHUNKS = decltype(chunks)::value;
-        if constexpr (LANES >= 8)
-          if (r.full) return launch_kernel(&forward_team_pair_kernel<T, LANES, KIND, CHUNKS, true>, plan.shape, stream, a, b);
-        return launch_kernel(&forward_team_pair_kernel<T, LANES, KIND, CHUNKS, false>, plan.shape, stream, a, b);
-      };
-      auto team = [&](auto kind) {
-        if (r.chunks == 1)
-          return with_int<8, 16, 32>(r.lanes, [&](auto lanes) { return go(kind, lanes, std::integral_constant<int, 1>{}); });
-        return with_int<1, 2, 4, 8, 16, 32>(r.lanes, [&](auto lanes) { return go(kind, lanes, std::integral_constant<int, 2>{}); });
-      };
+      // instantiated apart (launch_pair_team.cuh, router_aux_team_*.cu): the build's longest units
+      auto team = [&](auto kind) { return launch_pair_team<T, decltype(kind)::value>(plan, a, b, stream); };
       if constexpr (sizeof(T) == 2)
         return with_int<kSoftmaxPre, kSigmoid, kSqrtSoftplus, kTeamSoftmaxPostPacked>(r.kernel, team);
       else

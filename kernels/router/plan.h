@@ -343,6 +343,9 @@ cudaError_t launch_aux_backward(const BackwardPlan& plan, const BackwardParams& 
 template <typename T>
 cudaError_t launch_pair_forward(const PairForwardPlan& plan, const ForwardParams& a, const ForwardParams& b,
                                 cudaStream_t stream);
+template <typename T, int KIND>  // the fused team-rows kernels of one router kind (launch_pair_team.cuh)
+cudaError_t launch_pair_team(const PairForwardPlan& plan, const ForwardParams& a, const ForwardParams& b,
+                             cudaStream_t stream);
 template <typename T>
 cudaError_t launch_pair_backward(const BackwardPlan& plan, const BackwardParams& a, const BackwardParams& b,
                                  cudaStream_t stream);

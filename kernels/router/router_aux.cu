@@ -53,7 +53,16 @@ extern "C" MOEKIT_API moekit_status_t moekit_router_aux_forward(
     return run(op, problem, &plan_pair_forward, [&](const PairForwardPlan& plan) {
       apply_plan(plan.router, a);
       apply_plan(plan.aux, b);
-      return with_float_type(logits_dtype, [&](auto t) { return launch_pair_forward<decltype(t)>(plan, a, b, s); });
+      return with_float_type(logits_dtype, [&](auto t) {
+        using T = decltype(t);
+        if (plan.fused) return launch_pair_forward<T>(plan, a, b, s);
+        // two launches: the single ops' own instantiations (router_*.cu, aux_scores_*.cu)
+        const cudaError_t err = launch_forward<T>(plan.router, a, s);
+        if (err != cudaSuccess) return err;
+        ForwardPlan aux = plan.aux;
+        aux.shape.pdl = plan.shape.pdl;
+        return launch_aux_forward<T>(aux, b, s);
+      });
     });
   });
 }
