@@ -19,6 +19,14 @@ inline bool overlaps(const void* a, int64_t a_bytes, const void* b, int64_t b_by
   return a_bytes > 0 && b_bytes > 0 && x < y + (uintptr_t)b_bytes && y < x + (uintptr_t)a_bytes;
 }
 
+// INVALID_ARGUMENT naming both arguments where [a, a + a_bytes) and [b, b + b_bytes) overlap: two
+// outputs that share bytes would overwrite each other.
+inline moekit_status_t check_disjoint(const char* op, const char* a_name, const void* a, int64_t a_bytes,
+                                      const char* b_name, const void* b, int64_t b_bytes) {
+  MOEKIT_REQUIRE(!overlaps(a, a_bytes, b, b_bytes), "%s: %s and %s overlap (%p, %p)", op, a_name, b_name, a, b);
+  return MOEKIT_SUCCESS;
+}
+
 // A float tensor's dtype (float32, float16 or bfloat16).
 moekit_status_t check_float_dtype(const char* op, const char* arg, moekit_dtype_t dtype);
 

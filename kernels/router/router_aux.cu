@@ -9,12 +9,6 @@ using namespace moekit;
 using namespace moekit::router;
 
 namespace {
-// The pair's outputs must be distinct buffers (each output is written while the other is read).
-moekit_status_t check_apart(const char* op, const char* a_name, const void* a, int64_t a_bytes, const char* b_name,
-                            const void* b, int64_t b_bytes) {
-  MOEKIT_REQUIRE(!overlaps(a, a_bytes, b, b_bytes), "%s: %s and %s overlap (%p, %p)", op, a_name, b_name, a, b);
-  return MOEKIT_SUCCESS;
-}
 int64_t map_bytes(moekit_map_format_t f, int64_t T, int64_t E) {
   return f == MOEKIT_MAP_BYTEMAP ? T * E : f == MOEKIT_MAP_BITMAP ? T * ((E + 7) / 8) : 0;
 }
@@ -42,10 +36,10 @@ extern "C" MOEKIT_API moekit_status_t moekit_router_aux_forward(
       return st;
     if (num_tokens == 0) return MOEKIT_SUCCESS;
     const int64_t n = num_tokens * num_experts, esize = dtype_size(logits_dtype);
-    if ((st = check_apart(op, "probs", probs, n * esize, "aux_scores", aux_scores, n * 4)) != MOEKIT_SUCCESS ||
-        (st = check_apart(op, "intermediate", intermediate, n * 4, "aux_intermediate", aux_intermediate, n * 4)) !=
+    if ((st = check_disjoint(op, "probs", probs, n * esize, "aux_scores", aux_scores, n * 4)) != MOEKIT_SUCCESS ||
+        (st = check_disjoint(op, "intermediate", intermediate, n * 4, "aux_intermediate", aux_intermediate, n * 4)) !=
             MOEKIT_SUCCESS ||
-        (st = check_apart(op, "routing_map", routing_map, map_bytes(map_format, num_tokens, num_experts),
+        (st = check_disjoint(op, "routing_map", routing_map, map_bytes(map_format, num_tokens, num_experts),
                           "aux_routing_map", aux_routing_map, map_bytes(aux_map_format, num_tokens, num_experts))) !=
             MOEKIT_SUCCESS)
       return st;
