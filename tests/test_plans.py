@@ -438,7 +438,10 @@ def topk_plan(T, E=256, G=8):
 
 
 def test_grouped_topk_plan_grid():
-    assert topk_plan(1)["blocks"] == "1"  # decode: one block, a warp per row
-    assert topk_plan(1)["smem_bytes"] == str(8 * (256 + 8) * 4)  # a row of keys per warp, a pad word per group
-    assert topk_plan(1, E=384, G=1)["smem_bytes"] == "0"
-    assert topk_plan(65536)["blocks"] == str(132 * 8)
+    decode = topk_plan(16)  # decode: a warp per row, one row per SM (blocks of one warp)
+    assert (decode["blocks"], decode["threads"]) == ("16", "32")
+    assert decode["smem_bytes"] == str((64 + 256) * 4)  # group keys, winners, then a score row per warp
+    assert topk_plan(256)["threads"] == "64" and topk_plan(256)["blocks"] == "128"
+    assert topk_plan(1, E=384, G=1)["smem_bytes"] == str((64 + 384) * 4)
+    assert topk_plan(65536)["blocks"] == str(132 * 8) and topk_plan(65536)["threads"] == "256"
+    assert topk_plan(65536)["vec_elems"] == "8" and topk_plan(65536)["vec"] == "1"

@@ -1,5 +1,6 @@
 // The grouped top-k's C entry point (SPEC section 4): validate, plan (plan.h), then launch
 // (launch.cuh) or record the plan in plan-only mode.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 
@@ -67,11 +68,13 @@ extern "C" MOEKIT_API moekit_status_t moekit_grouped_topk(
     a.G = (int)G;
     a.Kg = (int)topk_group;
     a.S = (int)num_shared;
+    a.gsize = (int)(E / G);
+    a.per_group = (int)std::min<int64_t>(2, E / G);
     a.softmax = score_function == MOEKIT_SCORE_SOFTMAX;
     a.renormalize = renormalize != 0;
     a.apply_scale = apply_scale != 0;
     a.rsf = routed_scaling_factor;
-    Problem problem{num_tokens, (int)E, (int)G};
+    Problem problem{num_tokens, (int)E, (int)G, (int)dtype_size(logits_dtype), aligned(logits, 16)};
     const cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
     return run_plan(op, problem, &plan_grouped_topk, grouped_topk_tuning(), [&](const Plan& plan) {
       return with_float_type(logits_dtype, [&](auto t) { return launch_grouped_topk<decltype(t)>(plan, a, s); });

@@ -1,7 +1,8 @@
-// DeepSeek-V3 grouped top-k (SPEC section 4) in one launch: a warp per row computes the scores, the
-// biased keys, the group scores (sum of the two largest keys of each group), keeps the Kg best
-// groups, takes the K best keys by warp arg-max rounds (ties to the lower index, NaN lowest), then
-// the unbiased weights, renormalized and scaled, and the shared-expert slots.
+// DeepSeek-V3 grouped top-k (SPEC section 4) in one launch, on the router's top-k engine: a warp per
+// row loads the row in chunks, computes the scores and the biased keys, keeps the Kg best groups
+// (keep_best_groups: group score = sum of the two largest keys), takes the K best keys by clearing
+// rounds (warp_rounds_select: ties to the lower index, NaN lowest), then gathers the unbiased
+// weights, renormalized and scaled, and fills the shared-expert slots.
 #pragma once
 
 #include <cstdint>
@@ -9,120 +10,79 @@
 #include <cuda_runtime.h>
 
 #include "common/device.cuh"
+#include "common/scores.cuh"
 #include "common/team.cuh"
+#include "common/topk/groups.cuh"
 #include "common/topk/keys.cuh"
+#include "common/topk/rounds.cuh"
 #include "grouped_topk/params.h"
 
 namespace moekit {
 namespace grouped_topk {
 
-// The group scores: lane g < G sums the two largest keys of group g (its keys read back from the
-// warp's shared row, in the total order); a group of one expert scores its key. The row keeps one
-// padding word after each group (expert e at e + e / size), so that the lanes' serial scans of
-// their groups hit distinct banks (stride size + 1, odd for even sizes) instead of one.
-__device__ __forceinline__ uint32_t group_key(const Params& p, const float* row_keys, int lane) {
-  if (lane >= p.G) return kAbsentKey;
-  const int size = p.E / p.G;
-  uint32_t k1 = kAbsentKey, k2 = kAbsentKey;
-  float v1 = 0.0f, v2 = 0.0f;
-  const float* group = row_keys + lane * (size + 1);
-  for (int i = 0; i < size; ++i) {
-    const float v = group[i];
-    const uint32_t k = order_key(v);
-    if (k > k1) {
-      k2 = k1, v2 = v1;
-      k1 = k, v1 = v;
-    } else if (k > k2) {
-      k2 = k, v2 = v;
-    }
-  }
-  return order_key(size == 1 ? v1 : v1 + v2);
-}
-
-template <typename T, int VPL>
+template <typename T, int VEC, int NC>
 __global__ void __launch_bounds__(kThreads) grouped_topk_kernel(const Params p) {
-  extern __shared__ float shared_keys[];  // [kWarps][E + G] when G > 1 (group_key)
+  constexpr int VPT = VEC * NC;
+  extern __shared__ uint32_t smem[];  // per warp: group keys [32], winners [32], scores [E]
   pdl_wait_then_release_next();
-  const int lane = threadIdx.x & 31;
-  float* row_keys = shared_keys + (threadIdx.x >> 5) * (p.E + p.G);
-  const int group_size = p.G > 1 ? p.E / p.G : 1;
-  // The bias of this lane's experts, once for every row: its loads are issued together, not one
-  // dtype switch (and one dependent load) per expert inside each row's chain.
-  float bias[VPL];
+  WarpTeam team;
+  const int lane = team.rank;
+  uint32_t* gkey = smem + (threadIdx.x >> 5) * p.warp_words;
+  int32_t* winners = reinterpret_cast<int32_t*>(gkey + 32);
+  float* srow = reinterpret_cast<float*>(gkey + kWarpHeadWords);
+  // The bias of this lane's experts, once for every row: its loads stay out of the rows' chains.
+  float bias[VPT];
 #pragma unroll
-  for (int j = 0; j < VPL; ++j) bias[j] = 0.0f;
-  if (p.bias != nullptr) {
-#pragma unroll
-    for (int j = 0; j < VPL; ++j) {
-      const int e = min(lane + 32 * j, p.E - 1);
-      bias[j] = load_as_float(p.bias, p.bias_dtype, e);
-    }
+  for (int q = 0; q < VPT; ++q) {
+    const int e = elem_index<VEC>(team, q / VEC, q % VEC);
+    bias[q] = p.bias != nullptr && e < p.E ? load_as_float(p.bias, p.bias_dtype, e) : 0.0f;
   }
-  const int64_t warps = (int64_t)gridDim.x * kWarps;
-  for (int64_t row = (int64_t)blockIdx.x * kWarps + (threadIdx.x >> 5); row < p.T; row += warps) {
+  const int64_t warps = (int64_t)gridDim.x * (blockDim.x >> 5);
+  for (int64_t row = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); row < p.T; row += warps) {
     const T* x = static_cast<const T*>(p.logits) + row * p.E;
-    float s[VPL];
-    uint32_t key[VPL];
+    float s[VPT];
+    uint32_t key[VPT];
 #pragma unroll
-    for (int j = 0; j < VPL; ++j) {
-      const int e = lane + 32 * j;
-      s[j] = e < p.E ? to_float(x[e]) : -__int_as_float(0x7f800000);
+    for (int c = 0; c < NC; ++c) {
+      float tmp[VEC];
+      load_chunk<T, VEC>(x, elem_index<VEC>(team, c, 0), p.E, p.vec != 0, -INFINITY, tmp);
+#pragma unroll
+      for (int v = 0; v < VEC; ++v) s[c * VEC + v] = tmp[v];
     }
     if (p.softmax) {
       float m = s[0];
 #pragma unroll
-      for (int j = 1; j < VPL; ++j) m = fmaxf(m, s[j]);
+      for (int q = 1; q < VPT; ++q) m = fmaxf(m, s[q]);
       m = warp_max(m);
       float sum = 0.0f;
 #pragma unroll
-      for (int j = 0; j < VPL; ++j) sum += (s[j] = expf(s[j] - m));
+      for (int q = 0; q < VPT; ++q) sum += (s[q] = expf(s[q] - m));  // padding: exp(-inf) = 0
       sum = warp_sum(sum);
 #pragma unroll
-      for (int j = 0; j < VPL; ++j) s[j] = s[j] / sum;
+      for (int q = 0; q < VPT; ++q) s[q] = s[q] / sum;
     } else {
 #pragma unroll
-      for (int j = 0; j < VPL; ++j) s[j] = 1.0f / (1.0f + expf(-s[j]));
+      for (int q = 0; q < VPT; ++q) s[q] = sigmoidf(s[q]);
     }
 #pragma unroll
-    for (int j = 0; j < VPL; ++j) {
-      const int e = lane + 32 * j;
-      const float k = p.bias != nullptr && e < p.E ? s[j] + bias[j] : s[j];
-      key[j] = e < p.E ? order_key(k) : kAbsentKey;
-      if (p.G > 1 && e < p.E) row_keys[e + e / group_size] = k;
+    for (int q = 0; q < VPT; ++q) {
+      const int e = elem_index<VEC>(team, q / VEC, q % VEC);
+      key[q] = e < p.E ? order_key(p.bias != nullptr ? s[q] + bias[q] : s[q]) : kAbsentKey;
     }
-    if (p.G > 1) {
-      __syncwarp();
-      uint32_t gk = group_key(p, row_keys, lane);
-      uint32_t kept = 0;
-      for (int r = 0; r < p.Kg; ++r) {
-        const ArgBest w = warp_argbest({gk, (uint32_t)lane});
-        kept |= 1u << w.idx;
-        if (lane == (int)w.idx) gk = kAbsentKey;
-      }
-      __syncwarp();  // every lane is done reading row_keys before the next row writes them
+    if (p.G > 1) keep_best_groups<VEC, NC>(team, key, p.E, p.G, p.Kg, p.gsize, p.per_group, gkey);
+    const uint64_t sel = warp_rounds_select<VEC, NC>(team, key, p.K, 0u, winners, false);
+    // Each winner's unbiased score through the warp's score row: lane r reads round r's.
 #pragma unroll
-      for (int j = 0; j < VPL; ++j) {
-        const int e = lane + 32 * j;
-        if (e < p.E && !((kept >> (e / group_size)) & 1u)) key[j] = kNegInfKey;  // dropped group: -inf
-      }
-    }
-    // K rounds of warp arg-max; lane r keeps round r's expert and unbiased score.
-    uint32_t taken = 0;
+    for (int q = 0; q < VPT; ++q)
+      if ((sel >> q) & 1) srow[elem_index<VEC>(team, q / VEC, q % VEC)] = s[q];
+    __syncwarp();
     int my_id = 0;
     float my_w = 0.0f;
-    for (int r = 0; r < p.K; ++r) {
-      ArgBest best{kAbsentKey, 0xffffffffu};
-      float best_s = 0.0f;
-#pragma unroll
-      for (int j = 0; j < VPL; ++j) {  // ascending index: a tie keeps the lower one
-        const uint32_t k = (taken >> j) & 1u ? kAbsentKey : key[j];
-        if (k > best.key) best = {k, (uint32_t)(lane + 32 * j)}, best_s = s[j];
-      }
-      const ArgBest w = warp_argbest(best);
-      const float ws = __shfl_sync(kFullMask, best_s, w.idx & 31);
-      if (lane == (int)(w.idx & 31)) taken |= 1u << (w.idx >> 5);
-      if (lane == r) my_id = (int)w.idx, my_w = ws;
+    if (lane < p.K) {
+      my_id = winners[lane];
+      my_w = srow[my_id];
     }
+    __syncwarp();  // read before the next row writes them
     const float routed = warp_sum(lane < p.K ? my_w : 0.0f);
     if (lane >= p.K && lane < p.K + p.S) my_id = p.E + lane - p.K, my_w = routed / p.rsf;
     if (p.renormalize) my_w = my_w / (routed + 1e-20f);

@@ -11,9 +11,13 @@ namespace moekit {
 namespace grouped_topk {
 
 template <typename T>
-cudaError_t launch_grouped_topk(const Plan& plan, const Params& a, cudaStream_t stream) {
-  return with_int<1, 2, 4, 8, 16, 32>(plan.vpl, [&](auto vpl) {
-    return launch_kernel(&grouped_topk_kernel<T, decltype(vpl)::value>, plan.shape, stream, a);
+cudaError_t launch_grouped_topk(const Plan& plan, Params a, cudaStream_t stream) {
+  a.vec = plan.vec;
+  a.warp_words = plan.warp_words;
+  return with_int<1, 2, 4, 8, 16, 32>(plan.vpt, [&](auto vpt) {
+    constexpr int VPT = decltype(vpt)::value;
+    constexpr int VEC = VPT < 16 / (int)sizeof(T) ? VPT : 16 / (int)sizeof(T);
+    return launch_kernel(&grouped_topk_kernel<T, VEC, VPT / VEC>, plan.shape, stream, a);
   });
 }
 

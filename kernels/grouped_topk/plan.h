@@ -1,5 +1,5 @@
-// The grouped top-k plan (SPEC section 4): a warp per row over a grid of whole blocks; the values
-// per lane (VPL, a power of two) from E. Nothing in it changes a result.
+// The grouped top-k plan (SPEC section 4): a warp per row; the experts per lane (a power of two) from
+// E, the launch shape from T. Nothing in it changes a result.
 #pragma once
 
 #include <algorithm>
@@ -28,28 +28,42 @@ inline GroupedTopkTuning grouped_topk_tuning() {
 struct Problem {
   int64_t T;
   int E, G;
+  int elem_bytes;  // of the logits
+  bool aligned;    // logits 16-byte aligned
 };
 
 struct Plan {
-  int vpl;
+  int vpt;         // experts per lane (a power of two), in chunks of vec_elems
+  int vec_elems;   // 16 bytes of logits, or the whole vpt when less
+  bool vec;        // whole-chunk vector loads
+  int warp_words;  // shared words per warp
   LaunchShape shape;
 };
 
+// A warp per row. Small T spreads its rows over the SMs (fewer warps per block, more blocks), so
+// that a decode step's few rows do not queue on one SM's schedulers; large T fills blocks of
+// kWarps and strides over a grid of blocks_per_sm waves.
 inline Plan plan_grouped_topk(const Problem& p, const DeviceInfo& dev, const GroupedTopkTuning& t) {
   Plan plan{};
-  plan.vpl = 1;
-  while (plan.vpl * 32 < p.E) plan.vpl *= 2;
-  const int64_t needed = std::max<int64_t>(1, (p.T + kWarps - 1) / kWarps);
-  plan.shape.blocks = std::min<int64_t>(needed, (int64_t)std::max(dev.sm_count, 1) * t.blocks_per_sm);
-  plan.shape.threads = kThreads;
-  plan.shape.smem_bytes = p.G > 1 ? (size_t)kWarps * (p.E + p.G) * sizeof(float) : 0;  // a padded row per warp
+  plan.vpt = 1;
+  while (plan.vpt * 32 < p.E) plan.vpt *= 2;
+  plan.vec_elems = std::min(plan.vpt, 16 / std::max(p.elem_bytes, 1));
+  plan.vec = p.aligned && p.E % plan.vec_elems == 0;
+  plan.warp_words = kWarpHeadWords + (p.E + 3) / 4 * 4;
+  const int sms = std::max(dev.sm_count, 1);
+  const int warps = (int)std::min<int64_t>(kWarps, std::max<int64_t>(1, (p.T + sms - 1) / sms));
+  const int64_t needed = std::max<int64_t>(1, (p.T + warps - 1) / warps);
+  plan.shape.threads = 32 * warps;
+  plan.shape.blocks = std::min<int64_t>(needed, (int64_t)sms * t.blocks_per_sm * (kWarps / warps));
+  plan.shape.smem_bytes = (size_t)warps * plan.warp_words * sizeof(uint32_t);
   plan.shape.pdl = dev.cc_major >= 9;
   return plan;
 }
 
 inline void describe(const Plan& plan, PlanText& out) {
-  out.add("path=warp_rows vpl=%d threads=%d blocks=%lld smem_bytes=%zu pdl=%d", plan.vpl, plan.shape.threads,
-          (long long)plan.shape.blocks, plan.shape.smem_bytes, (int)plan.shape.pdl);
+  out.add("path=warp_rows vpt=%d vec_elems=%d vec=%d threads=%d blocks=%lld smem_bytes=%zu pdl=%d", plan.vpt,
+          plan.vec_elems, (int)plan.vec, plan.shape.threads, (long long)plan.shape.blocks, plan.shape.smem_bytes,
+          (int)plan.shape.pdl);
 }
 
 }  // namespace grouped_topk
