@@ -114,9 +114,13 @@ def _backward_case(T, E, K, score, pre, dtype, rng, map_format="bytemap"):
     if T == 0:
         return
     # the two single backwards, each rounded to the dtype, then added in fp32
-    single = moekit.router_topk_backward(g, inter, routing, K, score_function=score, use_pre_softmax=pre,
-                                         map_format=map_format).float() + \
-        moekit.aux_scores_backward(g_aux, aux_inter, score_function=score, out_dtype=dtype).float()
+    parts = [moekit.router_topk_backward(g, inter, routing, K, score_function=score, use_pre_softmax=pre,
+                                         map_format=map_format).float(),
+             moekit.aux_scores_backward(g_aux, aux_inter, score_function=score, out_dtype=dtype).float()]
+    single = parts[0] + parts[1]
+    # Each part carries its own rounding: where the two nearly cancel, the sum's error is relative to
+    # the parts' sizes, not to the (small) sum.
+    part_norms = sum(np.linalg.norm(as_float64(to_host(t)), axis=1) for t in parts)
 
     def host(t):
         return as_float64(to_host(t))
@@ -124,20 +128,20 @@ def _backward_case(T, E, K, score, pre, dtype, rng, map_format="bytemap"):
     want = ref.router_aux_backward(host(g), host(inter), to_host(routing), host(g_aux), host(aux_inter), K,
                                    score_function=score, use_pre_softmax=pre, map_format=map_format)
     _check_grad(host(got), want, dtype, "the oracle")
-    _check_grad(host(got), as_float64(single.cpu().numpy()), dtype, "the two single backwards")
+    _check_grad(host(got), as_float64(single.cpu().numpy()), dtype, "the two single backwards", part_norms)
 
 
 GRAD_TOLERANCE = {"float32": (1e-5, 1e-4), "bfloat16": (1e-2, 2e-2), "float16": (1e-2, 2e-2)}  # as test_router_gpu
 
 
-def _check_grad(got, want, dtype, what):
+def _check_grad(got, want, dtype, what, row_floor=0.0):
     """Relative-norm error over the whole gradient, and per row (rows with a tiny gradient judged
-    against the typical row), as the router's GPU tests do."""
+    against the typical row, or against row_floor where larger), as the router's GPU tests do."""
     total_tol, row_tol = GRAD_TOLERANCE[dtype]
     error = relative_norm_error(got, want)
     assert error < total_tol, f"grad_logits relative-norm error {error:.3g} against {what}"
     norms = np.linalg.norm(want, axis=1)
-    per_row = row_relative_errors(got, want, 1e-2 * float(np.median(norms)))
+    per_row = row_relative_errors(got, want, np.maximum(1e-2 * float(np.median(norms)), row_floor))
     assert (per_row < row_tol).all(), f"row {int(np.argmax(per_row))}: error {per_row.max():.3g} against {what}"
 
 

@@ -108,7 +108,6 @@ __device__ void finalize(const Params& p, const int* count, int* region_start) {
     p.counts[e] = c;
     p.offsets[e] = off;
     region_start[e] = start;
-    for (int s = start + c; s < start + pad; ++s) p.sorted[s] = sentinel;
     off += c;
     start += pad;
   }
@@ -117,6 +116,13 @@ __device__ void finalize(const Params& p, const int* count, int* region_start) {
     p.post_padded[0] = (int32_t)total_pad;
   }
   __syncthreads();  // region_start complete (shared or global memory of this block)
+  // Each region's padding by a warp, 32 consecutive slots per store: a thread looping over its own
+  // expert's padding stored to 32 scattered lines per instruction and set the kernel's time.
+  const int lane = threadIdx.x & 31;
+  for (int e = threadIdx.x >> 5; e < p.E; e += blockDim.x >> 5) {
+    const int c = count[e], first = region_start[e] + c, end = region_start[e] + (c + p.BM - 1) / p.BM * p.BM;
+    for (int s = first + lane; s < end; s += 32) p.sorted[s] = sentinel;
+  }
   for (int64_t b = threadIdx.x; b < p.num_blocks; b += blockDim.x) {
     const int64_t pos = b * p.BM;
     // the largest e with region_start[e] <= pos: an empty expert shares its start with the next one
@@ -176,13 +182,21 @@ __global__ void __launch_bounds__(kThreads) align_count_kernel(const Params p) {
 __global__ void __launch_bounds__(kFinalizeThreads) align_finalize_kernel(const Params p) {
   extern __shared__ int count[];  // [E]
   pdl_wait_then_release_next();
+  // Loads in batches ahead of the stores: one L2 round trip per batch, not per chunk (a load after
+  // the previous chunk's store waited for it; at 256 chunks that chain was most of the kernel).
+  constexpr int kBatch = 16;
   for (int x = threadIdx.x; x < p.E; x += blockDim.x) {
     int run = 0;
-    for (int c = 0; c < p.chunks; ++c) {
-      int* h = p.block_hist + (int64_t)c * p.E + x;
-      const int v = *h;
-      *h = run;
-      run += v;
+    int* h = p.block_hist + x;
+    for (int64_t c0 = 0; c0 < p.chunks; c0 += kBatch) {
+      int v[kBatch];
+#pragma unroll
+      for (int k = 0; k < kBatch; ++k) v[k] = c0 + k < p.chunks ? h[(c0 + k) * p.E] : 0;
+#pragma unroll
+      for (int k = 0; k < kBatch; ++k) {
+        if (c0 + k < p.chunks) h[(c0 + k) * p.E] = run;
+        run += v[k];
+      }
     }
     count[x] = run;
   }

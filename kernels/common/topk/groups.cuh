@@ -73,6 +73,8 @@ __device__ __forceinline__ void keep_best_groups(Team& team, uint32_t (&key)[VEC
     for (int g = team.rank; g < G; g += team.size())
       if (gkey[g] != kChosenGroup && gkey[g] > b.key) b = {gkey[g], (uint32_t)g};
     b = team.argbest(b);
+    // A warp's redux orders the reads above before this write, but racecheck does not count it.
+    if constexpr (Team::kIsWarp) team.sync();
     if (team.rank == 0) gkey[b.idx] = kChosenGroup;
     team.sync();
   }
