@@ -445,3 +445,6 @@ def test_grouped_topk_plan_grid():
     assert topk_plan(1, E=384, G=1)["smem_bytes"] == str((64 + 384) * 4)
     assert topk_plan(65536)["blocks"] == str(132 * 8) and topk_plan(65536)["threads"] == "256"
     assert topk_plan(65536)["vec_elems"] == "8" and topk_plan(65536)["vec"] == "1"
+    assert topk_plan(16)["chunk_groups"] == "1"  # groups of 32 = 4 lanes of 8: the stage in registers
+    assert topk_plan(16, E=96, G=4)["chunk_groups"] == "0"  # groups of 24 = 6 chunks of 4: not a power of 2
+    assert topk_plan(16, E=384, G=1)["chunk_groups"] == "0"

@@ -42,8 +42,13 @@ __device__ __forceinline__ void chunk_ranks(const Params& p, int64_t c, int* his
   for (int r = 0; r < kRounds; ++r) e[r] = local_of(p, id[r]);
   int* h = hist + warp * p.E;
   const unsigned below = (1u << lane) - 1u;
+  const int64_t warp_first = first - lane;
 #pragma unroll
   for (int r = 0; r < kRounds; ++r) {
+    if (warp_first + r * 32 >= p.pairs) {  // the warp's rounds past the end (uniform): nothing to rank
+      rank[r] = 0;
+      continue;
+    }
     const unsigned peers = __match_any_sync(kFullMask, e[r]);
     const int base = e[r] >= 0 ? h[e[r]] : 0;
     __syncwarp();

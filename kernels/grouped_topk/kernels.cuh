@@ -1,6 +1,7 @@
 // DeepSeek-V3 grouped top-k (SPEC section 4) in one launch, on the router's top-k engine: a warp per
 // row loads the row in chunks, computes the scores and the biased keys, keeps the Kg best groups
-// (keep_best_groups: group score = sum of the two largest keys), takes the K best keys by clearing
+// (group score = sum of the two largest keys; lane_team_kept_groups where groups are whole chunks
+// of a power-of-2 number of lanes, else keep_best_groups), takes the K best keys by clearing
 // rounds (warp_rounds_select: ties to the lower index, NaN lowest), then gathers the unbiased
 // weights, renormalized and scaled, and fills the shared-expert slots.
 #pragma once
@@ -69,7 +70,18 @@ __global__ void __launch_bounds__(kThreads) grouped_topk_kernel(const Params p) 
       const int e = elem_index<VEC>(team, q / VEC, q % VEC);
       key[q] = e < p.E ? order_key(p.bias != nullptr ? s[q] + bias[q] : s[q]) : kAbsentKey;
     }
-    if (p.G > 1) keep_best_groups<VEC, NC>(team, key, p.E, p.G, p.Kg, p.gsize, p.per_group, gkey);
+    bool grouped = p.G == 1;
+    if constexpr (NC <= 4) {  // a count per chunk in 8 bits of a word (G > 1 has E <= 512: NC <= 4)
+      if (!grouped && p.chunk_groups) {
+        // Groups of whole chunks: kept when fewer than Kg groups beat them, counted in registers.
+        const uint32_t kept = lane_team_kept_groups<32, NC, VEC, false>(key, lane, p.E, p.gsize, p.per_group, p.Kg);
+#pragma unroll
+        for (int q = 0; q < VPT; ++q)
+          if (!((kept >> (q / VEC)) & 1u) && elem_index<VEC>(team, q / VEC, q % VEC) < p.E) key[q] = kNegInfKey;
+        grouped = true;
+      }
+    }
+    if (!grouped) keep_best_groups<VEC, NC>(team, key, p.E, p.G, p.Kg, p.gsize, p.per_group, gkey);
     const uint64_t sel = warp_rounds_select<VEC, NC>(team, key, p.K, 0u, winners, false);
     // Each winner's unbiased score through the warp's score row: lane r reads round r's.
 #pragma unroll

@@ -14,6 +14,7 @@ template <typename T>
 cudaError_t launch_grouped_topk(const Plan& plan, Params a, cudaStream_t stream) {
   a.vec = plan.vec;
   a.warp_words = plan.warp_words;
+  a.chunk_groups = plan.chunk_groups;
   return with_int<1, 2, 4, 8, 16, 32>(plan.vpt, [&](auto vpt) {
     constexpr int VPT = decltype(vpt)::value;
     constexpr int VEC = VPT < 16 / (int)sizeof(T) ? VPT : 16 / (int)sizeof(T);

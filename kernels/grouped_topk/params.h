@@ -26,6 +26,7 @@ struct Params {
   int E, K, G, Kg, S;
   int gsize, per_group;  // E / G, and the keys a group score sums: min(2, E / G)
   int vec;               // rows allow whole-chunk vector loads (16-byte aligned, E % VEC == 0)
+  int chunk_groups;      // groups are whole chunks of a power-of-2 number of lanes (G > 1)
   int warp_words;        // shared words per warp: kWarpHeadWords + the score row (E, rounded to 4)
   int softmax;
   int renormalize, apply_scale;

@@ -36,6 +36,7 @@ struct Plan {
   int vpt;         // experts per lane (a power of two), in chunks of vec_elems
   int vec_elems;   // 16 bytes of logits, or the whole vpt when less
   bool vec;        // whole-chunk vector loads
+  bool chunk_groups;  // the group stage in registers (lane_team_kept_groups)
   int warp_words;  // shared words per warp
   LaunchShape shape;
 };
@@ -49,6 +50,9 @@ inline Plan plan_grouped_topk(const Problem& p, const DeviceInfo& dev, const Gro
   while (plan.vpt * 32 < p.E) plan.vpt *= 2;
   plan.vec_elems = std::min(plan.vpt, 16 / std::max(p.elem_bytes, 1));
   plan.vec = p.aligned && p.E % plan.vec_elems == 0;
+  const int gsize = p.E / std::max(p.G, 1), lanes_per_group = gsize / plan.vec_elems;
+  plan.chunk_groups = p.G > 1 && gsize % plan.vec_elems == 0 && lanes_per_group >= 1 && lanes_per_group <= 32 &&
+                      (lanes_per_group & (lanes_per_group - 1)) == 0;
   plan.warp_words = kWarpHeadWords + (p.E + 3) / 4 * 4;
   const int sms = std::max(dev.sm_count, 1);
   const int warps = (int)std::min<int64_t>(kWarps, std::max<int64_t>(1, (p.T + sms - 1) / sms));
@@ -61,9 +65,9 @@ inline Plan plan_grouped_topk(const Problem& p, const DeviceInfo& dev, const Gro
 }
 
 inline void describe(const Plan& plan, PlanText& out) {
-  out.add("path=warp_rows vpt=%d vec_elems=%d vec=%d threads=%d blocks=%lld smem_bytes=%zu pdl=%d", plan.vpt,
-          plan.vec_elems, (int)plan.vec, plan.shape.threads, (long long)plan.shape.blocks, plan.shape.smem_bytes,
-          (int)plan.shape.pdl);
+  out.add("path=warp_rows vpt=%d vec_elems=%d vec=%d chunk_groups=%d threads=%d blocks=%lld smem_bytes=%zu pdl=%d",
+          plan.vpt, plan.vec_elems, (int)plan.vec, (int)plan.chunk_groups, plan.shape.threads,
+          (long long)plan.shape.blocks, plan.shape.smem_bytes, (int)plan.shape.pdl);
 }
 
 }  // namespace grouped_topk
