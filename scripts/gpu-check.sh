@@ -6,6 +6,7 @@
 #   CLI=0 scripts/gpu-check.sh           skip `moekit check` and `moekit bench --quick`
 #   CROSSOVER=1 scripts/gpu-check.sh     also time the top-k paths against each other (bench/router_crossover.py)
 #   PYTEST_ARGS="-k ties" BENCH_ARGS="--quick" scripts/gpu-check.sh
+#   PYTEST_TIMEOUT=300 scripts/gpu-check.sh     stop pytest after 300 s (the steps after it still run)
 # Logs and JSON go to $OUT (the device tool's output folder) or ./gpu-check-out.
 #
 # The sanitizer gate: each of memcheck, racecheck, synccheck and initcheck first runs on
@@ -37,7 +38,7 @@ python3 -m moekit info 2>&1
 
 if [ "${TESTS:-1}" = 1 ]; then
   note "pytest"
-  MOEKIT_REQUIRE_GPU=1 python3 -m pytest -q -p no:cacheprovider --junitxml="$OUT/junit.xml" ${PYTEST_ARGS:-} 2>&1 | tee "$OUT/pytest.log"
+  MOEKIT_REQUIRE_GPU=1 timeout "${PYTEST_TIMEOUT:-0}" python3 -m pytest -q -p no:cacheprovider --junitxml="$OUT/junit.xml" ${PYTEST_ARGS:-} 2>&1 | tee "$OUT/pytest.log"
   rc=${PIPESTATUS[0]}
   [ "$rc" = 0 ] || status=1
   counts=$(python3 -c "import sys, xml.etree.ElementTree as E; s = E.parse(sys.argv[1]).getroot(); s = s if s.tag == 'testsuite' else s[0]; print(', '.join(f'{k} {s.get(k)}' for k in ('tests', 'failures', 'errors', 'skipped')))" "$OUT/junit.xml" 2>&1)

@@ -290,10 +290,12 @@ def test_aux_loss_graph_replay_with_device_token_counts(rng):
 def _example():
     import importlib.util
     import pathlib
+    import sys
 
     path = pathlib.Path(__file__).resolve().parents[1] / "examples" / "python" / "megatron_router.py"
     spec = importlib.util.spec_from_file_location("megatron_router_example", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # torch.compile looks the function's module up by name
     spec.loader.exec_module(module)
     return module
 
