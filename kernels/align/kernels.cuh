@@ -80,12 +80,7 @@ __device__ __forceinline__ void warp_bases(int* hist, int E, int* chunk_total) {
 // block: warp_sums is not reused after it.
 __device__ __forceinline__ uint64_t block_exclusive_scan(uint64_t v, uint64_t* warp_sums, uint64_t& total) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
-  uint64_t incl = v;
-#pragma unroll
-  for (int o = 1; o < 32; o <<= 1) {
-    const uint64_t n = __shfl_up_sync(kFullMask, incl, o);
-    if (lane >= o) incl += n;
-  }
+  const uint64_t incl = warp_inclusive_scan(v);
   if (lane == 31) warp_sums[warp] = incl;
   __syncthreads();
   uint64_t base = 0;
