@@ -375,3 +375,17 @@ def test_moe_align_errors(overrides, name):
 def test_moe_align_buffer_sizes_errors(args, name):
     with pytest.raises(ValueError, match=rf"^{name}\b"):
         ref.moe_align_buffer_sizes(*args)
+
+
+def test_grouped_topk_near_ties():
+    """The tie rule the GPU tests and the sanitizer cases share: a swap of two experts whose keys are
+    within 1e-6 is explained, a swap of distinct keys is not, equal rows are not listed."""
+    x = np.array([[0.0, 1.0, 1.0 + 1e-8, 2.0], [0.0, 1.0, 3.0, 2.0]], dtype=np.float64)
+    want_w, want = ref.grouped_topk(x, None, 2)
+    got = want.copy()
+    assert ref.grouped_topk_near_ties(x, None, 2, got, want)[0].size == 0
+    assert want[0].tolist() == [3, 2] and want[1].tolist() == [2, 3]
+    got[0] = [3, 1]  # key of expert 1 within 1e-6 of expert 2's: a near-tie
+    got[1] = [2, 1]  # expert 1 far below expert 3: not one
+    rows, explained = ref.grouped_topk_near_ties(x, None, 2, got, want)
+    assert rows.tolist() == [0, 1] and explained.tolist() == [True, False]

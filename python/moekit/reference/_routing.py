@@ -20,6 +20,7 @@ from ._router import EPS, _as_float64, _as_int, _check_dtype_choice, _sigmoid, _
 __all__ = [
     "grouped_topk",
     "grouped_topk_keys",
+    "grouped_topk_near_ties",
     "moe_align",
     "moe_align_buffer_sizes",
     "GROUPED_TOPK_SCORE_FUNCTIONS",
@@ -125,6 +126,26 @@ def grouped_topk_keys(logits, bias, topk, *, num_groups=1, topk_group=1, score_f
     with np.errstate(all="ignore"):
         keys = _scores_and_keys(x, bias, score_function)[1]
         return _masked_keys(keys, num_groups, topk_group), _group_scores(keys, num_groups)
+
+
+def grouped_topk_near_ties(logits, bias, topk, got_ids, want_ids, *, num_groups=1, topk_group=1,
+                           score_function="sigmoid", rel=1e-6):
+    """(rows, explained): the rows whose first topk ids differ between got_ids and want_ids, and for
+    each whether a near-tie explains it: the Kg-th and (Kg+1)-th group scores, or the keys of the two
+    id lists position by position, within rel (relative, at least absolute for |value| < 1). fp32
+    GPU keys may rank such rows differently from this float64 oracle."""
+    got, want = np.asarray(got_ids)[:, :topk], np.asarray(want_ids)[:, :topk]
+    rows = np.nonzero((got != want).any(axis=1))[0]
+    explained = np.zeros(rows.size, dtype=bool)
+    if rows.size:
+        keys, groups = grouped_topk_keys(logits, bias, topk, num_groups=num_groups, topk_group=topk_group,
+                                         score_function=score_function)
+        for n, r in enumerate(rows):
+            g = np.sort(groups[r])[::-1]
+            group_tie = num_groups > 1 and abs(g[topk_group - 1] - g[topk_group]) <= rel * max(abs(g[topk_group - 1]), 1.0)
+            a, w = keys[r, got[r]], keys[r, want[r]]
+            explained[n] = group_tie or bool(np.all(np.abs(a - w) <= rel * np.maximum(np.abs(w), 1.0)))
+    return rows, explained
 
 
 def grouped_topk(logits, bias, topk, *, num_groups=1, topk_group=1, score_function="sigmoid",
