@@ -402,11 +402,16 @@ def test_epilogue_plans():
     got, want = subset(epilogue_plan("add_rmsnorm", 8192, 7168), vpt=16, threads=448, blocks=132 * 4 * 8)
     assert got == want
     assert epilogue_plan("add_rmsnorm", 7, 7168)["blocks"] == "7"
-    assert epilogue_plan("rmsnorm", 1, 128) == dict(path="rmsnorm", vpt="8", threads="32", blocks="1", pdl="1")
+    assert epilogue_plan("rmsnorm", 1, 128) == dict(path="rmsnorm", vpt="8", weight_first="1", threads="32",
+                                                    blocks="1", pdl="1")
+    # decode (a row per SM at most): the weight loaded with the row; not at VPT 32 (it would spill)
+    assert epilogue_plan("add_rmsnorm", 16, 7168)["weight_first"] == "1"
+    assert epilogue_plan("add_rmsnorm", 133, 7168)["weight_first"] == "0"
+    assert epilogue_plan("rmsnorm", 16, 16384)["weight_first"] == "0"
     assert epilogue_plan("rmsnorm", 70000, 16384)["vpt"] == "32"
     assert epilogue_plan("rmsnorm", 1, 16384, DType.F32)["vpt"] == "32"
-    assert epilogue_plan("rmsnorm", 1, 32768, DType.F32) == dict(path="rmsnorm", vpt="32", threads="1024", blocks="1",
-                                                                  pdl="1")
+    assert epilogue_plan("rmsnorm", 1, 32768, DType.F32) == dict(path="rmsnorm", vpt="32", weight_first="0",
+                                                                  threads="1024", blocks="1", pdl="1")
     assert epilogue_plan("gate", 16, 7168)["blocks"] == "56"  # 114688 / 8 / 256
     assert epilogue_plan("gate", 65536, 7168)["blocks"] == str(132 * 32)
 

@@ -75,28 +75,28 @@ __device__ __forceinline__ void warp_bases(int* hist, int E, int* chunk_total) {
   }
 }
 
-// Exclusive prefix over the block of one value per thread (thread order); `total` = the sum.
-__device__ __forceinline__ uint32_t block_exclusive_scan(uint32_t v, uint32_t* warp_sums, uint32_t& total) {
+// Exclusive prefix over the block of one value per thread (thread order); `total` = the sum. 64-bit
+// words, so that two 32-bit sums (counts low, padded counts high) share one scan. Called once per
+// block: warp_sums is not reused after it.
+__device__ __forceinline__ uint64_t block_exclusive_scan(uint64_t v, uint64_t* warp_sums, uint64_t& total) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
-  uint32_t wt;
-  const uint32_t excl = warp_exclusive_scan(v, wt);
-  if (lane == 0) warp_sums[warp] = wt;
+  const uint64_t incl = warp_inclusive_scan(v);
+  if (lane == 31) warp_sums[warp] = incl;
   __syncthreads();
-  uint32_t base = 0;
+  uint64_t base = 0;
   total = 0;
   for (int w = 0; w < warps; ++w) {
     if (w < warp) base += warp_sums[w];
     total += warp_sums[w];
   }
-  __syncthreads();
-  return base + excl;
+  return base + incl - v;
 }
 
 // From the expert counts (count[e], any memory): the region starts (region_start[e]), the outputs
 // counts, offsets, num_tokens_post_padded and expert_ids, and the sentinel in every slot no pair
 // takes. One block; thread t owns experts [t * per, (t + 1) * per).
 __device__ void finalize(const Params& p, const int* count, int* region_start) {
-  __shared__ uint32_t warp_sums[32];
+  __shared__ uint64_t warp_sums[32];
   const int per = (p.E + blockDim.x - 1) / blockDim.x;
   const int e0 = min((int)threadIdx.x * per, p.E), e1 = min(e0 + per, p.E);
   uint32_t mine = 0, mine_pad = 0;
@@ -104,9 +104,10 @@ __device__ void finalize(const Params& p, const int* count, int* region_start) {
     mine += count[e];
     mine_pad += (count[e] + p.BM - 1) / p.BM * p.BM;
   }
-  uint32_t total, total_pad;
-  int off = (int)block_exclusive_scan(mine, warp_sums, total);
-  int start = (int)block_exclusive_scan(mine_pad, warp_sums, total_pad);
+  uint64_t both;  // pairs < 2^31 and padded slots < 2^32: the halves never carry into each other
+  const uint64_t before = block_exclusive_scan(((uint64_t)mine_pad << 32) | mine, warp_sums, both);
+  const uint32_t total = (uint32_t)both, total_pad = (uint32_t)(both >> 32);
+  int off = (int)(uint32_t)before, start = (int)(before >> 32);
   const int32_t sentinel = (int32_t)p.pairs;
   for (int e = e0; e < e1; ++e) {
     const int c = count[e], pad = (c + p.BM - 1) / p.BM * p.BM;
@@ -121,12 +122,24 @@ __device__ void finalize(const Params& p, const int* count, int* region_start) {
     p.post_padded[0] = (int32_t)total_pad;
   }
   __syncthreads();  // region_start complete (shared or global memory of this block)
-  // Each region's padding by a warp, 32 consecutive slots per store: a thread looping over its own
-  // expert's padding stored to 32 scattered lines per instruction and set the kernel's time.
-  const int lane = threadIdx.x & 31;
-  for (int e = threadIdx.x >> 5; e < p.E; e += blockDim.x >> 5) {
-    const int c = count[e], first = region_start[e] + c, end = region_start[e] + (c + p.BM - 1) / p.BM * p.BM;
-    for (int s = first + lane; s < end; s += 32) p.sorted[s] = sentinel;
+  // The padding of up to 32 regions per warp, strided over the warps (every warp gets some even when
+  // E < 32 x warps): lane i reads one region's bounds, then the warp writes each region's padding 32
+  // consecutive slots per store (one thread looping over its own region stored to 32 scattered lines
+  // per instruction, and set the kernel's time).
+  const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+  for (int w0 = threadIdx.x >> 5; w0 < p.E; w0 += 32 * warps) {
+    const int e = w0 + lane * warps;
+    int first = 0, end = 0;
+    if (e < p.E) {
+      const int c = count[e];
+      first = region_start[e] + c;
+      end = region_start[e] + (c + p.BM - 1) / p.BM * p.BM;
+    }
+#pragma unroll 4
+    for (int i = 0; i < 32; ++i) {
+      const int f = __shfl_sync(kFullMask, first, i), n = __shfl_sync(kFullMask, end, i);
+      for (int s = f + lane; s < n; s += 32) p.sorted[s] = sentinel;
+    }
   }
   for (int64_t b = threadIdx.x; b < p.num_blocks; b += blockDim.x) {
     const int64_t pos = b * p.BM;

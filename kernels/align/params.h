@@ -15,6 +15,7 @@ constexpr int kWarpPairs = 32 * kRounds;
 constexpr int kChunk = kWarps * kWarpPairs;  // 2048 pairs
 constexpr int kMaxExperts = 1024;            // per-warp histograms: kWarps * E ints of shared memory
 constexpr int kFinalizeThreads = 1024;
+static_assert(kThreads % 32 == 0 && kFinalizeThreads % 32 == 0, "whole warps: the scans and shuffles assume them");
 
 struct Params {
   const void* ids;  // [T * K], i32 or i64

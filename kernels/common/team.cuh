@@ -30,6 +30,17 @@ __device__ __forceinline__ ArgBest warp_argbest(ArgBest b) {
   uint32_t i = __reduce_min_sync(kFullMask, b.key == k ? b.idx : 0xffffffffu);
   return {k, i};
 }
+// Inclusive prefix sum over the lanes of a warp, for any integer type (64-bit words shuffle as two).
+template <typename U>
+__device__ __forceinline__ U warp_inclusive_scan(U v) {
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const U n = __shfl_up_sync(kFullMask, v, o);
+    if (lane >= o) v += n;
+  }
+  return v;
+}
 // Exclusive prefix sum over lanes; `total` gets the warp's sum.
 __device__ __forceinline__ uint32_t warp_exclusive_scan(uint32_t v, uint32_t& total) {
   const int lane = threadIdx.x & 31;

@@ -31,13 +31,17 @@ __device__ __forceinline__ float block_sum(float v, float* partial) {
 // Rows strided over the grid, a row per block at a time. Latency is hidden by the other resident
 // blocks (the plan keeps a row to a few hundred threads so that several rows share an SM), not by
 // prefetching in registers; the weight is read at the scale step, from L1 after the first row.
-template <typename T, typename W, int VPT, bool ADD>
+// W_FIRST (decode: a row per block and at most one block per SM, so registers cost no occupancy):
+// the weight is loaded with the row, so the scale step waits for no second memory round trip.
+template <typename T, typename W, int VPT, bool ADD, bool W_FIRST>
 __global__ void __launch_bounds__(kMaxThreads) norm_kernel(const NormParams p) {
   __shared__ float partial[32];
   pdl_wait_then_release_next();
   constexpr int kPiece = VPT < 8 ? VPT : 8;
   const int64_t col = (int64_t)threadIdx.x * VPT;
   const bool vec = p.vec != 0;
+  float w_first[W_FIRST ? VPT : 1];
+  if constexpr (W_FIRST) load_chunk<W, VPT>(static_cast<const W*>(p.weight), col, p.H, vec, 0.0f, w_first);
   for (int64_t row = blockIdx.x; row < p.T; row += gridDim.x) {
     const int64_t base = row * p.H;
     float v[VPT];
@@ -59,7 +63,12 @@ __global__ void __launch_bounds__(kMaxThreads) norm_kernel(const NormParams p) {
 #pragma unroll
     for (int k = 0; k < VPT; k += kPiece) {
       float w[kPiece];
-      load_chunk<W, kPiece>(static_cast<const W*>(p.weight), col + k, p.H, vec, 0.0f, w);
+      if constexpr (W_FIRST) {
+#pragma unroll
+        for (int i = 0; i < kPiece; ++i) w[i] = w_first[k + i];
+      } else {
+        load_chunk<W, kPiece>(static_cast<const W*>(p.weight), col + k, p.H, vec, 0.0f, w);
+      }
 #pragma unroll
       for (int i = 0; i < kPiece; ++i) v[k + i] = v[k + i] * rstd * w[i];
     }

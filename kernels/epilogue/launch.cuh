@@ -13,8 +13,15 @@ namespace epilogue {
 template <typename T, typename W>
 cudaError_t launch_norm(const Plan& plan, const NormParams& a, cudaStream_t stream) {
   return with_int<4, 8, 16, 32>(plan.vpt, [&](auto vpt) {
-    if (plan.add) return launch_kernel(&norm_kernel<T, W, decltype(vpt)::value, true>, plan.shape, stream, a);
-    return launch_kernel(&norm_kernel<T, W, decltype(vpt)::value, false>, plan.shape, stream, a);
+    constexpr int V = decltype(vpt)::value;
+    if constexpr (V <= kMaxWeightFirstVpt) {
+      if (plan.weight_first) {
+        if (plan.add) return launch_kernel(&norm_kernel<T, W, V, true, true>, plan.shape, stream, a);
+        return launch_kernel(&norm_kernel<T, W, V, false, true>, plan.shape, stream, a);
+      }
+    }
+    if (plan.add) return launch_kernel(&norm_kernel<T, W, V, true, false>, plan.shape, stream, a);
+    return launch_kernel(&norm_kernel<T, W, V, false, false>, plan.shape, stream, a);
   });
 }
 

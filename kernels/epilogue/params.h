@@ -12,6 +12,9 @@ namespace epilogue {
 constexpr int kMaxThreads = 1024;
 constexpr int kMaxVpt = 32;
 constexpr int64_t kMaxHidden = (int64_t)kMaxThreads * kMaxVpt;
+// The weight held beside the row (decode) only up to this width: at 32 the two spill (64 registers
+// at 1024 threads).
+constexpr int kMaxWeightFirstVpt = 16;
 // The gate: a grid-stride loop over chunks of kGateVec elements of one row.
 constexpr int kGateThreads = 256;
 constexpr int kGateVec = 8;

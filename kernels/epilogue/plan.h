@@ -48,6 +48,7 @@ struct Problem {
 struct Plan {
   bool gate, add;
   int vpt;  // RMSNorm: elements per thread
+  bool weight_first;  // RMSNorm: the weight loaded with the row (at most one row per SM)
   LaunchShape shape;
 };
 
@@ -79,15 +80,16 @@ inline Plan plan_epilogue(const Problem& p, const DeviceInfo& dev, const Epilogu
     const int64_t per_sm = std::max(1, 2048 / plan.shape.threads);
     const int64_t cap = (int64_t)std::max(dev.sm_count, 1) * per_sm * t.norm_waves;
     plan.shape.blocks = std::max<int64_t>(1, std::min<int64_t>(p.T, cap));
+    plan.weight_first = p.T <= std::max(dev.sm_count, 1) && plan.vpt <= kMaxWeightFirstVpt;
   }
   plan.shape.pdl = dev.cc_major >= 9;
   return plan;
 }
 
 inline void describe(const Plan& plan, PlanText& out) {
-  out.add("path=%s vpt=%d threads=%d blocks=%lld pdl=%d",
-          plan.gate ? "gate" : (plan.add ? "add_rmsnorm" : "rmsnorm"), plan.vpt, plan.shape.threads,
-          (long long)plan.shape.blocks, (int)plan.shape.pdl);
+  out.add("path=%s vpt=%d weight_first=%d threads=%d blocks=%lld pdl=%d",
+          plan.gate ? "gate" : (plan.add ? "add_rmsnorm" : "rmsnorm"), plan.vpt, (int)plan.weight_first,
+          plan.shape.threads, (long long)plan.shape.blocks, (int)plan.shape.pdl);
 }
 
 }  // namespace epilogue

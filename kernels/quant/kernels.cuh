@@ -10,6 +10,7 @@
 #include <cuda_runtime.h>
 
 #include "common/device.cuh"
+#include "common/team.cuh"
 #include "moekit/async_loader.cuh"
 #include "quant/math.cuh"
 #include "quant/params.h"
@@ -146,12 +147,7 @@ __device__ void count_prefix(const Params& p, int64_t* prefix) {
   int64_t sum = 0;
   for (int b = first; b < last; ++b) sum += batch_count(p, b);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  int64_t incl = sum;
-#pragma unroll
-  for (int o = 1; o < 32; o <<= 1) {
-    const int64_t n = __shfl_up_sync(kFullMask, incl, o);
-    if (lane >= o) incl += n;
-  }
+  const int64_t incl = warp_inclusive_scan(sum);
   if (lane == 31) warp_total[warp] = incl;
   __syncthreads();
   int64_t run = incl - sum;
