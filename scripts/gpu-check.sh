@@ -3,6 +3,7 @@
 #   scripts/gpu-check.sh                 everything
 #   TESTS=0 scripts/gpu-check.sh         skip pytest;  BENCH=0 / SANITIZER=0 likewise
 #   SANITIZER_TOOLS="memcheck racecheck" scripts/gpu-check.sh   a subset of the four tools
+#   SANITIZE_ARGS="--families quant,align" scripts/gpu-check.sh  a subset of the cases (scripts/sanitize_cases.py)
 #   CLI=0 scripts/gpu-check.sh           skip `moekit check` and `moekit bench --quick`
 #   CROSSOVER=1 scripts/gpu-check.sh     also time the top-k paths against each other (bench/router_crossover.py)
 #   PYTEST_ARGS="-k ties" BENCH_ARGS="--quick" scripts/gpu-check.sh
@@ -92,7 +93,7 @@ if [ "${SANITIZER:-1}" = 1 ]; then
     else
       canary_ok="NOT CAUGHT (the tool did not report its planted defect: the gate fails)"; status=1
     fi
-    compute-sanitizer --tool "$tool" $extra --error-exitcode 9 python3 scripts/sanitize_cases.py >"$OUT/cases-run.log" 2>&1
+    compute-sanitizer --tool "$tool" $extra --error-exitcode 9 python3 scripts/sanitize_cases.py ${SANITIZE_ARGS:-} >"$OUT/cases-run.log" 2>&1
     rc=$?
     if [ "$rc" = 0 ] && clean "$OUT/cases-run.log"; then verdict="clean"; else verdict="FAILED (exit $rc)"; status=1; fi
     { echo "### $tool: canary"; cat "$OUT/canary-run.log"; echo "### $tool: cases, exit $rc"; cat "$OUT/cases-run.log"; } >>"$OUT/sanitizer.log"

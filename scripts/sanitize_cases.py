@@ -6,6 +6,8 @@ a mismatch with the reference too, so that a silent wrong answer does not pass a
 A new op family adds its cases here (docs/architecture.md).
 
     python scripts/sanitize_cases.py [--presets rounds,radix]   (default: none and every preset)
+    python scripts/sanitize_cases.py --families quant,align     (a subset: router aux pair quant
+                                                                 epilogue align topk; default all)
 """
 import argparse
 import sys
@@ -316,22 +318,29 @@ def align_cases(label):
     return failures
 
 
+# family -> (its cases, whether it runs under every router preset)
+FAMILIES = {"router": (router_cases, True), "aux": (aux_cases, True), "pair": (pair_cases, True),
+            "quant": (quant_cases, False), "epilogue": (epilogue_cases, False), "align": (align_cases, False),
+            "topk": (topk_cases, False)}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--presets", default=None, help="comma-separated names (default: defaults and every preset)")
+    ap.add_argument("--families", default=None, help="comma-separated subset of: " + ", ".join(FAMILIES))
     args = ap.parse_args()
     presets = [None, *PRESETS] if args.presets is None else [p or None for p in args.presets.split(",")]
+    chosen = FAMILIES if args.families is None else args.families.split(",")
+    unknown = sorted(set(chosen) - set(FAMILIES))
+    if unknown:
+        ap.error(f"unknown families {unknown}; known: {', '.join(FAMILIES)}")
     failures = 0
     for preset in presets:
         with tuning(preset):
-            failures += router_cases(preset or "defaults")
-            failures += aux_cases(preset or "defaults")
-            failures += pair_cases(preset or "defaults")
-            if preset is None:  # the presets set router knobs only: the other families run once
-                failures += quant_cases("defaults")
-                failures += epilogue_cases("defaults")
-                failures += align_cases("defaults")
-                failures += topk_cases("defaults")
+            for name, (cases, every_preset) in FAMILIES.items():
+                # the presets set router knobs only: the other families run once, with the defaults
+                if name in chosen and (preset is None or every_preset):
+                    failures += cases(preset or "defaults")
     print(f"sanitize_cases: {failures} mismatches")
     sys.exit(1 if failures else 0)
 

@@ -4,6 +4,8 @@
 - workspace_check.cpp  the workspace convention of kernels/common/checks.h (host only);
 - topk_check.cu        the top-k engine of kernels/common/topk on every path against a host reference;
 - async_loader_check.cu  include/moekit/async_loader.cuh (the public device header) as a consumer uses it;
+- quant_math_check.cu  the quantizer's fast exp and division against the IEEE steps SPEC section 6
+                       defines (every float for SiLU; 2^32 pairs for the scale division);
 - sanitizer_canary.cu  one planted defect per compute-sanitizer tool (scripts/gpu-check.sh runs it).
 
 Without a GPU the programs are compiled (so they cannot rot) and the host-only ones run; with one,
@@ -62,7 +64,8 @@ def run(exe, *args):
 def built(tmp_path_factory):
     """Device programs compiled once per session."""
     out = tmp_path_factory.mktemp("cuda")
-    return {name: build(name, out) for name in ("topk_check.cu", "async_loader_check.cu", "sanitizer_canary.cu")}
+    return {name: build(name, out) for name in ("topk_check.cu", "async_loader_check.cu", "quant_math_check.cu",
+                                               "sanitizer_canary.cu")}
 
 
 def test_order_key_matches_its_definition_for_every_float(tmp_path):
@@ -108,3 +111,11 @@ def test_async_loader_header(built):
     code, out = run(built["async_loader_check.cu"])
     assert code == 0, out
     assert "all checks pass" in out
+
+
+@pytest.mark.gpu
+def test_quant_fast_math_matches_ieee_steps(built):
+    code, out = run(built["quant_math_check.cu"])
+    assert code == 0, out
+    assert "all checks pass" in out
+    assert "exp_m: 0 of 2^32" in out and "silu_fast: 0 of" in out and "div_fast: 0 of" in out, out

@@ -45,22 +45,35 @@ __device__ __forceinline__ float round_to(float v) {
   return to_float(from_float<T>(v));
 }
 
-// y for one lane's 16 columns from its loaded inputs (a: gate or x, b: up); returns max |y| (NaN ignored).
-template <typename T, bool SILU>
+// y for one lane's 16 columns from its loaded inputs (a: gate or x, b: up); returns max |y| (NaN
+// ignored). FAST: SiLU's division by div_fast; false when a lane found an element it may not cover.
+template <typename T, bool SILU, bool FAST>
 __device__ __forceinline__ float lane_values(const Params& p, const LaneLoad<T>& a, const LaneLoad<T>& b,
-                                             float (&y)[kLaneCols]) {
+                                             float (&y)[kLaneCols], bool& fast_ok) {
   float amax = 0.0f;
 #pragma unroll
   for (int i = 0; i < kLaneCols; ++i) {
     float v = a.get(i);
     if constexpr (SILU) {
-      const float s = silu(v);
+      if constexpr (FAST) fast_ok = fast_ok & silu_fast_ok(v);  // no branch per element
+      const float s = FAST ? silu_fast(v) : silu(v);
       if (p.round_act) v = round_to<T>(__fmul_rn(round_to<T>(s), b.get(i)));
       else v = __fmul_rn(s, b.get(i));
     }
     y[i] = v;
     amax = fmaxf(amax, fabsf(v));
   }
+  return amax;
+}
+
+// lane_values, by the fast division where it is exact for every element of the lane (nearly always:
+// zeros, |a| < 2^-40 and a < -35 are not), else by __fdiv_rn.
+template <typename T, bool SILU>
+__device__ __forceinline__ float lane_values(const Params& p, const LaneLoad<T>& a, const LaneLoad<T>& b,
+                                             float (&y)[kLaneCols]) {
+  bool ok = true;
+  const float amax = lane_values<T, SILU, SILU>(p, a, b, y, ok);
+  if (SILU && !ok) return lane_values<T, SILU, false>(p, a, b, y, ok);
   return amax;
 }
 
@@ -105,14 +118,27 @@ __device__ __forceinline__ void quantize_unit(const Params& p, const Unit& u, in
   if (active) {
     const float inv = ue8m0 ? pow2_inverse(bits) : 0.0f;
     const float scale = __uint_as_float(bits);
+    float v[kLaneCols];
+    if (ue8m0) {
+#pragma unroll
+      for (int i = 0; i < kLaneCols; ++i) v[i] = __fmul_rn(y[i], inv);
+    } else {
+      // div_fast_ok(y, scale) with its bounds hoisted: one scale per lane
+      const float lo = __fmul_rn(scale, 0x1p-40f), hi = __fmul_rn(scale, 0x1p40f);
+      bool ok = scale >= 0x1p-60f && scale <= 0x1p60f;
+#pragma unroll
+      for (int i = 0; i < kLaneCols; ++i) {
+        ok = ok & (fabsf(y[i]) >= lo) & (fabsf(y[i]) <= hi);
+        v[i] = div_fast(y[i], scale);
+      }
+      if (!ok) {
+#pragma unroll
+        for (int i = 0; i < kLaneCols; ++i) v[i] = __fdiv_rn(y[i], scale);
+      }
+    }
     uint32_t w[4];
 #pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      float v[4];
-#pragma unroll
-      for (int j = 0; j < 4; ++j) v[j] = ue8m0 ? __fmul_rn(y[4 * k + j], inv) : __fdiv_rn(y[4 * k + j], scale);
-      w[k] = to_e4m3x2(v[0], v[1]) | (to_e4m3x2(v[2], v[3]) << 16);
-    }
+    for (int k = 0; k < 4; ++k) w[k] = to_e4m3x2(v[4 * k], v[4 * k + 1]) | (to_e4m3x2(v[4 * k + 2], v[4 * k + 3]) << 16);
     async::store16_streaming(static_cast<uint8_t*>(p.q) + xr * p.H + col, make_uint4(w[0], w[1], w[2], w[3]));
   }
   const int group = col >> (p.lane_shift + 4);
