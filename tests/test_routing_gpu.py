@@ -66,6 +66,31 @@ def test_both_paths(T, K, E, multi, rng):
     _check(_ids(T, K, E, rng), E, 64, rng, multi=multi)
 
 
+@pytest.mark.parametrize("multi", [False, True])
+@pytest.mark.parametrize("offset", [0, 1, 2, 3])
+@pytest.mark.parametrize("T,E,BM", [(1, 256, 64), (16, 256, 64), (5, 7, 16), (200, 1024, 256)])
+def test_outputs_at_any_4_byte_offset(T, E, BM, offset, multi, rng):
+    """sorted_token_ids starting 4, 8 or 12 bytes past a 16-byte boundary (a view into a larger
+    buffer): every slot written, nothing beside it touched (the sentinel sweep's head and tail)."""
+    import moekit
+    import torch
+    from moekit import reference as ref
+
+    ids_host = _ids(T, 8, E, rng)
+    max_pad, blocks = moekit.moe_align_buffer_sizes(T, 8, E, BM)
+    guard = 8
+    buf = torch.full((offset + max_pad + guard,), -7, dtype=torch.int32, device="cuda")
+    out = (buf[offset:offset + max_pad], poisoned((blocks,), "int32", "nan"), poisoned((1,), "int32", "nan"),
+           poisoned((E,), "int32", "nan"), poisoned((E + 1,), "int32", "nan"))
+    with tuning({"align.force_multi": int(multi)}):
+        moekit.moe_align(to_device(ids_host), E, BM, out=out)
+    want = ref.moe_align(ids_host, E, BM)
+    for name, got, exp in zip(NAMES, out, want):
+        assert np.array_equal(to_host(got), exp), name
+    host = to_host(buf)
+    assert (host[:offset] == -7).all() and (host[offset + max_pad:] == -7).all(), "wrote outside sorted_token_ids"
+
+
 @pytest.mark.parametrize("dtype", ["int32", "int64"])
 @pytest.mark.parametrize("T", [7, 3000, 70000])
 def test_skipped_ids(T, dtype, rng):

@@ -92,36 +92,23 @@ __device__ __forceinline__ uint64_t block_exclusive_scan(uint64_t v, uint64_t* w
   return base + incl - v;
 }
 
-// From the expert counts (count[e], any memory): the region starts (region_start[e]), the outputs
-// counts, offsets, num_tokens_post_padded and expert_ids, and the sentinel in every slot no pair
-// takes. One block; thread t owns experts [t * per, (t + 1) * per).
-__device__ void finalize(const Params& p, const int* count, int* region_start) {
-  __shared__ uint64_t warp_sums[32];
-  const int per = (p.E + blockDim.x - 1) / blockDim.x;
-  const int e0 = min((int)threadIdx.x * per, p.E), e1 = min(e0 + per, p.E);
-  uint32_t mine = 0, mine_pad = 0;
-  for (int e = e0; e < e1; ++e) {
-    mine += count[e];
-    mine_pad += (count[e] + p.BM - 1) / p.BM * p.BM;
-  }
-  uint64_t both;  // pairs < 2^31 and padded slots < 2^32: the halves never carry into each other
-  const uint64_t before = block_exclusive_scan(((uint64_t)mine_pad << 32) | mine, warp_sums, both);
-  const uint32_t total = (uint32_t)both, total_pad = (uint32_t)(both >> 32);
-  int off = (int)(uint32_t)before, start = (int)(before >> 32);
+// The sentinel in all of sorted[0, max_pad), 16-byte stores where aligned (one block).
+__device__ __forceinline__ void fill_sentinel(const Params& p) {
+  const int32_t v = (int32_t)p.pairs;
+  int32_t* s = p.sorted;
+  const int64_t lead = (int64_t)(((16 - ((uintptr_t)s & 15)) & 15) / 4);  // ints before a 16-byte boundary
+  const int64_t head = lead < p.max_pad ? lead : p.max_pad;
+  if (threadIdx.x < head) s[threadIdx.x] = v;
+  const int64_t vecs = (p.max_pad - head) / 4;
+  int4* body = reinterpret_cast<int4*>(s + head);
+  for (int64_t i = threadIdx.x; i < vecs; i += blockDim.x) body[i] = make_int4(v, v, v, v);
+  for (int64_t i = head + vecs * 4 + threadIdx.x; i < p.max_pad; i += blockDim.x) s[i] = v;
+}
+
+// The sentinel in the padding of every region and past the last one.
+__device__ __forceinline__ void pad_regions(const Params& p, const int* count, const int* region_start,
+                                            uint32_t total_pad) {
   const int32_t sentinel = (int32_t)p.pairs;
-  for (int e = e0; e < e1; ++e) {
-    const int c = count[e], pad = (c + p.BM - 1) / p.BM * p.BM;
-    p.counts[e] = c;
-    p.offsets[e] = off;
-    region_start[e] = start;
-    off += c;
-    start += pad;
-  }
-  if (threadIdx.x == 0) {
-    p.offsets[p.E] = (int32_t)total;
-    p.post_padded[0] = (int32_t)total_pad;
-  }
-  __syncthreads();  // region_start complete (shared or global memory of this block)
   // The padding of up to 32 regions per warp, strided over the warps (every warp gets some even when
   // E < 32 x warps): lane i reads one region's bounds, then the warp writes each region's padding 32
   // consecutive slots per store (one thread looping over its own region stored to 32 scattered lines
@@ -141,12 +128,45 @@ __device__ void finalize(const Params& p, const int* count, int* region_start) {
       for (int s = f + lane; s < n; s += 32) p.sorted[s] = sentinel;
     }
   }
+  for (int64_t s = (int64_t)total_pad + threadIdx.x; s < p.max_pad; s += blockDim.x) p.sorted[s] = sentinel;
+}
+
+// From the expert counts (count[e], any memory): the region starts (region_start[e]), the outputs
+// counts, offsets, num_tokens_post_padded and expert_ids, and (PAD) the sentinel in every slot no
+// pair takes. One block; thread t owns experts [t * per, (t + 1) * per).
+template <bool PAD>
+__device__ void finalize(const Params& p, const int* count, int* region_start) {
+  __shared__ uint64_t warp_sums[32];
+  const int per = (p.E + blockDim.x - 1) / blockDim.x;
+  const int e0 = min((int)threadIdx.x * per, p.E), e1 = min(e0 + per, p.E);
+  uint32_t mine = 0, mine_pad = 0;
+  for (int e = e0; e < e1; ++e) {
+    mine += count[e];
+    mine_pad += (count[e] + p.BM - 1) / p.BM * p.BM;
+  }
+  uint64_t both;  // pairs < 2^31 and padded slots < 2^32: the halves never carry into each other
+  const uint64_t before = block_exclusive_scan(((uint64_t)mine_pad << 32) | mine, warp_sums, both);
+  const uint32_t total = (uint32_t)both, total_pad = (uint32_t)(both >> 32);
+  int off = (int)(uint32_t)before, start = (int)(before >> 32);
+  for (int e = e0; e < e1; ++e) {
+    const int c = count[e], pad = (c + p.BM - 1) / p.BM * p.BM;
+    p.counts[e] = c;
+    p.offsets[e] = off;
+    region_start[e] = start;
+    off += c;
+    start += pad;
+  }
+  if (threadIdx.x == 0) {
+    p.offsets[p.E] = (int32_t)total;
+    p.post_padded[0] = (int32_t)total_pad;
+  }
+  __syncthreads();  // region_start complete (shared or global memory of this block)
+  if constexpr (PAD) pad_regions(p, count, region_start, total_pad);
   for (int64_t b = threadIdx.x; b < p.num_blocks; b += blockDim.x) {
     const int64_t pos = b * p.BM;
     // the largest e with region_start[e] <= pos: an empty expert shares its start with the next one
     p.expert_ids[b] = pos < (int64_t)total_pad ? last_at_most(region_start, p.E, pos) : -1;
   }
-  for (int64_t s = (int64_t)total_pad + threadIdx.x; s < p.max_pad; s += blockDim.x) p.sorted[s] = sentinel;
 }
 
 __device__ __forceinline__ void place(const Params& p, int64_t c, const int* hist, const int* base,
@@ -165,6 +185,9 @@ __global__ void __launch_bounds__(kThreads) align_single_kernel(const Params p) 
   int* count = smem + kWarps * p.E;     // [E]
   int* start = count + p.E;             // [E]
   pdl_wait_then_release_next();
+  // the sentinel everywhere first (the pairs overwrite theirs after the barriers below): at small T
+  // nearly every slot is padding, and one coalesced sweep is cheaper than region by region
+  fill_sentinel(p);
   zero(hist, kWarps * p.E);
   __syncthreads();
   int e[kRounds], rank[kRounds];
@@ -172,7 +195,7 @@ __global__ void __launch_bounds__(kThreads) align_single_kernel(const Params p) 
   __syncthreads();
   warp_bases(hist, p.E, count);
   __syncthreads();
-  finalize(p, count, start);
+  finalize<false>(p, count, start);
   __syncthreads();
   place(p, 0, hist, start, e, rank);
 }
@@ -219,7 +242,7 @@ __global__ void __launch_bounds__(kFinalizeThreads) align_finalize_kernel(const 
     count[x] = run;
   }
   __syncthreads();
-  finalize(p, count, p.region_start);
+  finalize<true>(p, count, p.region_start);
 }
 
 // Step 3: each chunk ranks its pairs again and places them.

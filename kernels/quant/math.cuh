@@ -11,12 +11,11 @@
 namespace moekit {
 namespace quant {
 
-// exp(v) for SiLU: Cody-Waite reduction by ln 2 and a degree-6 minimax polynomial (docs/spec.md:
-// within 1.03 ulp). Below -20, 1 + exp(v) is 1 already; above 88 it overflows. k = rint(z * log2 e)
-// by the 1.5 * 2^23 shifter (exact for |k| < 2^22), so 2^k comes from its bits: no FRND or F2I.
-__device__ __forceinline__ float exp_m(float v) {
+// exp(z) for z in [-20, 88] by the steps of SPEC section 6: Cody-Waite reduction by ln 2 and a
+// degree-6 minimax polynomial (docs/spec.md: within 1.03 ulp). k = rint(z * log2 e) by the
+// 1.5 * 2^23 shifter (exact for |k| < 2^22), so 2^k comes from its bits: no FRND or F2I.
+__device__ __forceinline__ float exp_poly(float z) {
   constexpr float kShifter = 12582912.0f;  // 1.5 * 2^23: the sum's low mantissa bits hold rint(x)
-  const float z = fminf(fmaxf(v, -20.0f), 88.0f);
   const float shifted = __fadd_rn(__fmul_rn(z, 1.44269502f), kShifter);
   const float k = __fsub_rn(shifted, kShifter);
   float r = __fmaf_rn(k, -0.693145752f, z);
@@ -29,7 +28,12 @@ __device__ __forceinline__ float exp_m(float v) {
   p = __fmaf_rn(p, r, 1.0f);
   p = __fmaf_rn(p, r, 1.0f);
   // the shifter's bits are 0x4b400000 + k; shifted left by 23 only k's bits remain (mod 2^32)
-  const float e = __fmul_rn(p, __uint_as_float((__float_as_uint(shifted) << 23) + (127u << 23)));
+  return __fmul_rn(p, __uint_as_float((__float_as_uint(shifted) << 23) + (127u << 23)));
+}
+
+// exp(v) for SiLU: below -20, 1 + exp(v) is 1 already; above 88 it overflows.
+__device__ __forceinline__ float exp_m(float v) {
+  const float e = exp_poly(fminf(fmaxf(v, -20.0f), 88.0f));
   return v > 88.0f ? __int_as_float(0x7f800000) : (v < -20.0f ? 0.0f : e);
 }
 
@@ -54,8 +58,12 @@ __device__ __forceinline__ bool div_fast_ok(float a, float d) {
 
 __device__ __forceinline__ float silu(float a) { return __fdiv_rn(a, __fadd_rn(1.0f, exp_m(-a))); }
 // silu by div_fast, equal to silu where silu_fast_ok(a): |a| >= 2^-38 and -27 <= a <= 2^39 keep
-// d = 1 + exp(-a) in [1, 2^40) and |a| / d in [2^-40, 2^40], the range div_fast_ok asks for.
-__device__ __forceinline__ float silu_fast(float a) { return div_fast(a, __fadd_rn(1.0f, exp_m(-a))); }
+// d = 1 + exp(-a) in [1, 2^40) and |a| / d in [2^-40, 2^40], the range div_fast_ok asks for. There
+// -a <= 27, so exp_m's upper clamp and overflow select never act, and below -20 its 0 and the
+// polynomial's exp(-20) < 2^-28 give the same d = 1: d needs neither select.
+__device__ __forceinline__ float silu_fast(float a) {
+  return div_fast(a, __fadd_rn(1.0f, exp_poly(fmaxf(-a, -20.0f))));
+}
 __device__ __forceinline__ bool silu_fast_ok(float a) {
   return fabsf(a) >= 0x1p-38f && a >= -27.0f && a <= 0x1p39f;
 }
