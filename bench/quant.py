@@ -89,7 +89,8 @@ def raw(torch, t):
 def equal_shares(torch, moekit, op, fmt, fns, inputs, slices):
     """{impl: (% q bytes, % scale words)} equal to moekit.reference's on slices [(expert or None, rows)]."""
     import ml_dtypes
-    x, refs = inputs[0], []
+    first = inputs[0]  # the first input set: (x,) or (x, counts)
+    x, refs = first[0], []
     for e, n in slices:
         xe = (x if e is None else x[e])[:n].contiguous().cpu().view(torch.int16).numpy().view(ml_dtypes.bfloat16)
         rq, rs = getattr(moekit.reference, op)(xe, group_size=GROUP, scale_format=fmt)
@@ -97,7 +98,7 @@ def equal_shares(torch, moekit, op, fmt, fns, inputs, slices):
     shares = {}
     for peer, fn in fns.items():
         try:
-            q, s = fn(*inputs)
+            q, s = fn(*first)
             hits = [0, 0, 0, 0]
             for (e, n), (rq, rs) in zip(slices, refs):
                 pq, ps = raw(torch, (q if e is None else q[e])[:n]), raw(torch, (s if e is None else s[e])[:n])
