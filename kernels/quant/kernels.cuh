@@ -67,7 +67,7 @@ __device__ __forceinline__ float lane_values(const Params& p, const LaneLoad<T>&
 }
 
 // lane_values, by the fast division where it is exact for every element of the lane (nearly always:
-// zeros, |a| < 2^-40 and a < -35 are not), else by __fdiv_rn.
+// zeros, |a| < 2^-38, a < -27 and a > 2^39 are not), else by __fdiv_rn.
 template <typename T, bool SILU>
 __device__ __forceinline__ float lane_values(const Params& p, const LaneLoad<T>& a, const LaneLoad<T>& b,
                                              float (&y)[kLaneCols]) {

@@ -49,8 +49,9 @@ __device__ __forceinline__ float div_fast(float a, float d) {
   const float q0 = __fmul_rn(a, r1);
   return __fmaf_rn(r1, __fmaf_rn(-d, q0, a), q0);
 }
-// d in [2^-60, 2^60], |a| in [d * 2^-40, d * 2^40] (NaN, infinities and zeros fail it): every
-// operand, the reciprocal, the quotient and the remainder are normal numbers.
+// d in [2^-60, 2^60], |a| in [d * 2^-40, d * 2^40] (NaN, infinities and zeros fail it): the
+// operands, the reciprocal and the quotient are normal; the remainder a - d * q0 is exact even where
+// it is subnormal, as long as the FMAs keep subnormals (never build this with -ftz=true).
 __device__ __forceinline__ bool div_fast_ok(float a, float d) {
   const float m = fabsf(a);
   return d >= 0x1p-60f && d <= 0x1p60f && m >= __fmul_rn(d, 0x1p-40f) && m <= __fmul_rn(d, 0x1p40f);

@@ -4,7 +4,8 @@
 //     silu_fast against a / (1 + exp(-a)) by __fdiv_rn, for every one of the 2^32 float bit patterns
 //     where silu_fast_ok holds (and silu_fast_ok must imply div_fast_ok);
 //   - div_fast against __fdiv_rn for 2^32 hashed (y, scale) pairs of the quantizer's kind (scale =
-//     amax / 448, |y| <= amax, magnitudes 2^-40..2^40, plus tiny y) where div_fast_ok holds.
+//     amax / 448, |y| <= amax, magnitudes 2^-40..2^40, plus tiny y) where div_fast_ok holds, and for
+//     the Newton step's one weak divisor (mantissa all ones) against powers of two at every exponent.
 //   nvcc -O2 -std=c++17 -Iinclude -Ikernels --expt-relaxed-constexpr -arch=sm_90a \
 //     tests/cuda/quant_math_check.cu -o /tmp/qmc && /tmp/qmc
 #include <cstdint>
@@ -88,6 +89,25 @@ __global__ void check_scale_division(uint32_t base, Counts* c) {
   }
 }
 
+// The one case the Newton step can get wrong (a divisor whose mantissa is all ones, should the
+// reciprocal estimate round down) with the dividends that expose it (powers of two), at every
+// exponent the guard admits: thread (i, j) takes scale = (2 - 2^-23) * 2^(i - 60) and y = +-2^(i - 60 + j - 40).
+__global__ void check_reciprocal_edge(Counts* c) {
+  const int i = blockIdx.x, j = threadIdx.x >> 1;
+  if (i > 120 || j > 80) return;
+  const float scale = ldexpf(2.0f - 0x1p-23f, i - 60);
+  float y = ldexpf(1.0f, i - 60 + j - 40);
+  if (threadIdx.x & 1) y = -y;
+  if (!div_fast_ok(y, scale)) return;
+  atomicAdd(&c->div_covered, 1ull);
+  if (__float_as_uint(div_fast(y, scale)) != __float_as_uint(__fdiv_rn(y, scale))) {
+    if (atomicAdd(&c->div_bad, 1ull) == 0) {
+      c->first_div_y = __float_as_uint(y);
+      c->first_div_s = __float_as_uint(scale);
+    }
+  }
+}
+
 int main() {
   Counts* c;
   CHECK(cudaMallocManaged(&c, sizeof(Counts)));
@@ -97,6 +117,7 @@ int main() {
     check_every_float<<<per / 256, 256>>>((uint32_t)base, c);
     check_scale_division<<<per / 256, 256>>>((uint32_t)base, c);
   }
+  check_reciprocal_edge<<<121, 2 * 81>>>(c);
   CHECK(cudaGetLastError());
   CHECK(cudaDeviceSynchronize());
   std::printf("exp_m: %llu of 2^32 floats differ from the definition (first 0x%08x)\n", c->exp_bad, c->first_exp);
